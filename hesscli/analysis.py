@@ -1,0 +1,259 @@
+"""Orchestration: options → loaded problem → engine → result objects. No printing."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hesscli import __version__
+from hesscli.engine.device import resolve_device, resolve_dtype
+from hesscli.engine.functional import DEFAULT_MICRO_BATCH, prepare_model
+from hesscli.engine.gradient import loss_and_gradient
+from hesscli.engine.params import Layer, list_layers, select_layers
+from hesscli.errors import ConfigError
+from hesscli.loading.checkpoint import write_safetensors
+from hesscli.loading.config import ConfigFile, Sourced
+from hesscli.loading.data import Dataset, input_tensors
+from hesscli.loading.imports import looks_like_spec, parse_spec
+from hesscli.loading.losses import BUILTIN_LOSSES
+from hesscli.loading.model_spec import parse_model_kwargs
+from hesscli.loading.problem import Problem, load_problem, resolve_settings
+from hesscli.results import (
+    CheckpointInfo,
+    ConvertResults,
+    Cost,
+    DataInfo,
+    GradientInfo,
+    InfoResults,
+    LayerInfo,
+    LossInfo,
+    Report,
+    RunInputs,
+    RunSettings,
+    TensorInfo,
+)
+
+CURVATURES = ("hessian", "ggn")
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _positive(setting: Sourced, option: str) -> int | None:
+    value = setting.value
+    if value is not None and int(value) < 1:
+        raise ConfigError(f"{option} must be at least 1, got {value}", f"pass a positive {option}")
+    return None if value is None else int(value)
+
+
+def _tensor_info(name: str, tensors: list[torch.Tensor]) -> TensorInfo:
+    first = tensors[0]
+    samples = sum(int(t.shape[0]) for t in tensors)
+    return TensorInfo(name, [samples, *first.shape[1:]], _dtype_name(first.dtype))
+
+
+def _data_info(dataset: Dataset, output_shape: tuple[int, ...]) -> DataInfo:
+    named: dict[str, list[torch.Tensor]] = {}
+    for batch in dataset.batches:
+        for name, tensor in input_tensors(batch.inputs):
+            named.setdefault(name, []).append(tensor)
+    return DataInfo(
+        source=dataset.source,
+        format=dataset.format,
+        samples=dataset.num_samples,
+        available=dataset.available,
+        batches=len(dataset.batches),
+        inputs=[_tensor_info(name, tensors) for name, tensors in named.items()],
+        targets=_tensor_info("targets", [b.targets for b in dataset.batches]),
+        output_shape=[dataset.num_samples, *output_shape[1:]],
+    )
+
+
+def _checkpoint_info(problem: Problem) -> CheckpointInfo:
+    raw, report = problem.checkpoint, problem.key_report
+    return CheckpointInfo(
+        path=str(raw.path),
+        format=raw.format,
+        size_bytes=raw.size_bytes,
+        tensors=len(raw.tensors) if raw.module is None else len(raw.module.state_dict()),
+        container=raw.container,
+        prefix=report.prefix,
+        ignored_entries=list(raw.ignored),
+        matched=report.matched,
+        missing=list(report.missing),
+        unexpected=list(report.unexpected),
+        mismatched=[
+            {"key": k, "checkpoint": list(a), "model": list(b)} for k, a, b in report.mismatched
+        ],
+        tied=[{"key": k, "tied_to": t} for k, t in report.tied],
+        metadata=dict(raw.metadata),
+        pickled_module=raw.module is not None,
+    )
+
+
+def _layer_info(problem: Problem, layers: list[Layer], norms: dict[str, float]) -> list[LayerInfo]:
+    shapes = {name: list(p.shape) for name, p in problem.model.named_parameters()}
+    return [
+        LayerInfo(
+            name=layer.name,
+            type=layer.type,
+            parameters=layer.numel,
+            trainable=layer.trainable,
+            shapes={p: shapes[p] for p in layer.parameters},
+            grad_norm=norms.get(layer.name) if layer.trainable else None,
+        )
+        for layer in layers
+    ]
+
+
+def run_info(
+    options: Mapping[str, Any],
+    *,
+    layer_patterns: list[str],
+    cwd: Path,
+    config_path: Path | None = None,
+    use_config: bool = True,
+    trust_pickle: bool = False,
+) -> Report:
+    """Everything ``hesscli info`` reports: model, checkpoint, data, loss and gradient norms.
+
+    Args:
+        options: Command-line settings (``None`` = not given), keyed as in
+            :data:`hesscli.loading.config.SETTING_TYPES`.
+        layer_patterns: ``--layer`` values; empty means every layer.
+        cwd: Directory relative command-line paths resolve against.
+        config_path: An explicit config file (else one is searched from ``cwd`` upward).
+        use_config: Whether to look for a project config at all.
+        trust_pickle: Allow unpickling a full model (runs code from the checkpoint).
+    """
+    start = time.perf_counter()
+    settings, config = resolve_settings(
+        options, cwd=cwd, config_path=config_path, use_config=use_config
+    )
+    curvature = str(settings["curvature"].value).lower()
+    if curvature not in CURVATURES:
+        raise ConfigError(
+            f"unknown curvature {settings['curvature'].value!r}", "use hessian or ggn"
+        )
+    micro_batch = _positive(settings["micro_batch"], "--micro-batch") or DEFAULT_MICRO_BATCH
+    _positive(settings["max_samples"], "--max-samples")
+    device = resolve_device(str(settings["device"].value))
+    dtype = resolve_dtype(str(settings["dtype"].value), device)
+    problem = load_problem(settings, trust_pickle=trust_pickle)
+    layers = select_layers(problem.model, layer_patterns)
+    all_layers = list_layers(problem.model)
+    train_mode = bool(settings["train_mode"].value)
+    model = prepare_model(problem.model, device=device, dtype=dtype, train_mode=train_mode)
+    gradient = loss_and_gradient(
+        model,
+        problem.dataset,
+        problem.loss.fn,
+        layers=all_layers,
+        micro_batch=micro_batch,
+        device=device,
+        dtype=dtype,
+    )
+    results = InfoResults(
+        model_class=type(problem.model).__name__,
+        layers=_layer_info(problem, layers, gradient.layer_grad_norms),
+        checkpoint=_checkpoint_info(problem),
+        data=_data_info(problem.dataset, problem.output_shape),
+        loss=LossInfo(problem.loss.name, problem.loss.how),
+        gradient=GradientInfo(
+            gradient.loss, gradient.grad_norm, gradient.micro_batches, gradient.seconds
+        ),
+    )
+    return Report(
+        command="info",
+        inputs=_inputs(problem, layers, config),
+        settings=RunSettings(
+            curvature=curvature,
+            device=str(device),
+            dtype=_dtype_name(dtype),
+            seed=settings["seed"].value,
+            micro_batch=micro_batch,
+            max_samples=settings["max_samples"].value,
+            train_mode=train_mode,
+            sources={k: v.source for k, v in sorted(settings.items()) if v.value is not None},
+        ),
+        results=results,
+        cost=Cost(seconds=time.perf_counter() - start, hvps=0, data_passes=1),
+        hesscli_version=__version__,
+    )
+
+
+def _inputs(problem: Problem, layers: list[Layer], config: ConfigFile | None) -> RunInputs:
+    params = list(problem.model.parameters())
+    return RunInputs(
+        checkpoint=str(problem.checkpoint.path),
+        model=problem.model_label,
+        data=problem.dataset.source,
+        loss=problem.loss.name,
+        samples=problem.dataset.num_samples,
+        parameters=sum(p.numel() for p in params),
+        trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
+        layers=[layer.name for layer in layers],
+        config=str(config.path) if config is not None else None,
+    )
+
+
+def _relative(setting: Sourced, out_dir: Path) -> str:
+    """A path or ``file.py:Name`` setting rewritten relative to ``out_dir``."""
+    text = str(setting.value)
+    path = Path(text).expanduser()
+    path = path if path.is_absolute() else setting.base / path
+    if path.exists():
+        return Path(os.path.relpath(path.resolve(), out_dir)).as_posix()
+    if looks_like_spec(text):
+        spec = parse_spec(text, base=setting.base, what="setting", error=ConfigError)
+        if spec.is_file:
+            return f"{Path(os.path.relpath(spec.target, out_dir)).as_posix()}:{spec.name}"
+    return text
+
+
+def run_convert(
+    options: Mapping[str, Any],
+    *,
+    output: Path,
+    cwd: Path,
+    config_path: Path | None = None,
+    use_config: bool = True,
+    trust_pickle: bool = False,
+) -> ConvertResults:
+    """Write the checkpoint as a ``.safetensors`` that carries its model, data and loss.
+
+    The problem is loaded and checked first, so the defaults written are known to work;
+    paths are stored relative to the output's folder. The input checkpoint is never modified.
+    """
+    if output.suffix != ".safetensors":
+        raise ConfigError(f"--output {output} must end in .safetensors", "rename the output")
+    settings, _ = resolve_settings(options, cwd=cwd, config_path=config_path, use_config=use_config)
+    problem = load_problem(settings, trust_pickle=trust_pickle)
+    out = output if output.is_absolute() else cwd / output
+    out_dir = out.parent.resolve()
+    if not out_dir.is_dir():
+        raise ConfigError(f"folder {out.parent} does not exist", "create it first")
+    defaults: dict[str, Any] = {"loss": problem.loss.name}
+    for key in ("model", "data"):
+        if settings[key].value is not None:
+            defaults[key] = _relative(settings[key], out_dir)
+    if problem.loss.name not in BUILTIN_LOSSES:
+        defaults["loss"] = _relative(settings["loss"], out_dir)
+    kwargs = settings["model_kwargs"]
+    if kwargs.value:
+        defaults["model_kwargs"] = (
+            kwargs.value if isinstance(kwargs.value, dict) else parse_model_kwargs(kwargs.value)
+        )
+    write_safetensors(out, problem.model, defaults)
+    return ConvertResults(
+        source=str(problem.checkpoint.path),
+        written=str(out),
+        tensors=problem.key_report.matched,
+        metadata=defaults,
+    )

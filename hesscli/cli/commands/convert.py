@@ -1,0 +1,72 @@
+"""``hesscli convert``: write a self-describing ``.safetensors`` copy of a checkpoint."""
+
+from __future__ import annotations
+
+import json as jsonlib
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from hesscli.analysis import run_convert
+from hesscli.cli import options as opt
+from hesscli.cli.output import check_output_path
+from hesscli.results import SCHEMA_VERSION
+
+Destination = Annotated[
+    Path,
+    typer.Option(
+        "--output",
+        "-o",
+        help="The .safetensors file to write (never one of the inputs).",
+        show_default=False,
+    ),
+]
+
+
+def convert(
+    checkpoint: opt.Checkpoint = None,
+    output: Destination = ...,  # type: ignore[assignment]
+    model: opt.Model = None,
+    model_kwargs: opt.ModelKwargs = None,
+    data: opt.Data = None,
+    loss: opt.Loss = None,
+    trust_pickle: opt.TrustPickle = False,
+    config: opt.Config = None,
+    no_config: opt.NoConfig = False,
+    json: opt.Json = False,
+) -> None:
+    """Write CHECKPOINT as a .safetensors that remembers its model, data and loss.
+
+    Afterwards 'hesscli info OUTPUT' needs no other option. The model, data and loss are
+    loaded and checked first; paths are stored relative to OUTPUT's folder. CHECKPOINT itself
+    is never modified.
+    """
+    check_output_path(output, [checkpoint, data, model, config])
+    settings = {
+        "checkpoint": checkpoint,
+        "model": model,
+        "model_kwargs": model_kwargs,
+        "data": data,
+        "loss": loss,
+    }
+    results = run_convert(
+        settings,
+        output=output,
+        cwd=Path.cwd(),
+        config_path=config,
+        use_config=not no_config,
+        trust_pickle=trust_pickle,
+    )
+    if json:
+        document = {"schema_version": SCHEMA_VERSION, "command": "convert", **asdict(results)}
+        sys.stdout.write(jsonlib.dumps(document, indent=2) + "\n")
+        return
+    stored = ", ".join(f"{k}={v}" for k, v in sorted(results.metadata.items()))
+    Console(file=sys.stdout).print(
+        f"wrote {results.written} ({results.tensors} tensors) from {results.source}\n"
+        f"stored defaults: {stored}"
+    )

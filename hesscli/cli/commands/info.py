@@ -1,0 +1,62 @@
+"""``hesscli info``: model, checkpoint, data and loss summary, with loss and gradient norm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hesscli.analysis import run_info
+from hesscli.cli import options as opt
+from hesscli.cli.output import check_output_path, emit, stderr_console
+from hesscli.cli.render.info_table import info_renderable
+
+
+def info(
+    checkpoint: opt.Checkpoint = None,
+    model: opt.Model = None,
+    model_kwargs: opt.ModelKwargs = None,
+    data: opt.Data = None,
+    loss: opt.Loss = None,
+    max_samples: opt.MaxSamples = None,
+    micro_batch: opt.MicroBatch = None,
+    layer: opt.Layers = None,
+    curvature: opt.Curvature = None,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    seed: opt.Seed = None,
+    train_mode: opt.TrainMode = None,
+    trust_pickle: opt.TrustPickle = False,
+    config: opt.Config = None,
+    no_config: opt.NoConfig = False,
+    json: opt.Json = False,
+    output: opt.Output = None,
+) -> None:
+    """Summarise a checkpoint: layers, key match, data, loss, and the gradient at it.
+
+    A sanity check before any curvature run: one forward/backward pass, no Hessian products.
+    """
+    check_output_path(output, [checkpoint, data, model, config])
+    settings = {
+        "checkpoint": checkpoint,
+        "model": model,
+        "model_kwargs": model_kwargs,
+        "data": data,
+        "loss": loss,
+        "max_samples": max_samples,
+        "micro_batch": micro_batch,
+        "curvature": curvature,
+        "device": device,
+        "dtype": dtype,
+        "seed": seed,
+        "train_mode": train_mode,
+    }
+    with stderr_console().status("loading and running one forward/backward pass"):
+        report = run_info(
+            settings,
+            layer_patterns=layer or [],
+            cwd=Path.cwd(),
+            config_path=config,
+            use_config=not no_config,
+            trust_pickle=trust_pickle,
+        )
+    check_output_path(output, [report.inputs.checkpoint, report.results.data.source])
+    emit(report, as_json=json, output=output, table=info_renderable)

@@ -1,0 +1,152 @@
+"""Options shared by the commands, declared once (names are a public contract)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+_INPUT = "Inputs"
+_COMPUTE = "Computation"
+_OUTPUT = "Output"
+
+Checkpoint = Annotated[
+    str | None,
+    typer.Argument(
+        help="Checkpoint file (.safetensors, .pt, .pth, .bin). Default: 'checkpoint' in the "
+        "project config.",
+        show_default=False,
+    ),
+]
+Model = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        help="Model definition: path/to/file.py:Name or package.module:Name (an nn.Module "
+        "class or a function returning one).",
+        rich_help_panel=_INPUT,
+    ),
+]
+ModelKwargs = Annotated[
+    str | None,
+    typer.Option(
+        "--model-kwargs",
+        help="Keyword arguments for the model, as a JSON object.",
+        rich_help_panel=_INPUT,
+    ),
+]
+Data = Annotated[
+    str | None,
+    typer.Option(
+        "--data",
+        help="Data: a .pt, .safetensors or .npz file holding inputs and targets, or a "
+        "module:function factory returning them.",
+        rich_help_panel=_INPUT,
+    ),
+]
+Loss = Annotated[
+    str | None,
+    typer.Option(
+        "--loss",
+        help="cross_entropy, mse, nll, bce_with_logits, huber, or module:function. Default: "
+        "inferred from the targets (integer labels: cross_entropy, floats: mse).",
+        rich_help_panel=_INPUT,
+    ),
+]
+MaxSamples = Annotated[
+    int | None,
+    typer.Option(
+        "--max-samples", min=1, help="Use only the first N samples.", rich_help_panel=_INPUT
+    ),
+]
+MicroBatch = Annotated[
+    int | None,
+    typer.Option(
+        "--micro-batch",
+        min=1,
+        help="Samples per forward pass (results do not depend on it). Default: 512.",
+        rich_help_panel=_COMPUTE,
+    ),
+]
+Layers = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--layer",
+        help="Layer (module), parameter name or glob such as 'encoder.*'; repeatable.",
+        rich_help_panel=_INPUT,
+    ),
+]
+Curvature = Annotated[
+    str | None,
+    typer.Option(
+        "--curvature",
+        help="hessian (default) or ggn (generalised Gauss-Newton).",
+        rich_help_panel=_COMPUTE,
+    ),
+]
+Device = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        help="auto (default: GPU when there is one), cpu, cuda, cuda:N or mps.",
+        rich_help_panel=_COMPUTE,
+    ),
+]
+Dtype = Annotated[
+    str | None,
+    typer.Option("--dtype", help="float32 (default) or float64.", rich_help_panel=_COMPUTE),
+]
+Seed = Annotated[
+    int | None,
+    typer.Option(
+        "--seed", help="Seed for every random draw (default 0).", rich_help_panel=_COMPUTE
+    ),
+]
+TrainMode = Annotated[
+    bool | None,
+    typer.Option(
+        "--train-mode/--eval-mode",
+        help="Evaluate the model in train() mode (dropout on, BatchNorm batch statistics). "
+        "Default: eval mode.",
+        show_default=False,
+        rich_help_panel=_COMPUTE,
+    ),
+]
+TrustPickle = Annotated[
+    bool,
+    typer.Option(
+        "--trust-pickle",
+        help="Allow a checkpoint holding a full pickled model. Unpickling runs arbitrary code "
+        "from the file: only use it on files you trust.",
+        rich_help_panel=_INPUT,
+    ),
+]
+Config = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        help="Project config (hesscli.toml, or pyproject.toml with \\[tool.hesscli]). Default: "
+        "the first found from the current directory upward.",
+        rich_help_panel=_INPUT,
+    ),
+]
+NoConfig = Annotated[
+    bool,
+    typer.Option("--no-config", help="Ignore project config files.", rich_help_panel=_INPUT),
+]
+Json = Annotated[
+    bool,
+    typer.Option(
+        "--json", help="Print one JSON document instead of tables.", rich_help_panel=_OUTPUT
+    ),
+]
+Output = Annotated[
+    Path | None,
+    typer.Option(
+        "--output",
+        "-o",
+        help="Also write the result to FILE (JSON if --json or FILE ends in .json, else text).",
+        rich_help_panel=_OUTPUT,
+    ),
+]

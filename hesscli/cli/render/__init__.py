@@ -1,0 +1,1 @@
+"""Renderers: result objects → Rich tables or JSON. No arithmetic."""

@@ -1,0 +1,143 @@
+"""``hesscli info`` as Rich tables: model layers, checkpoint match, data and loss, settings."""
+
+from __future__ import annotations
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from hesscli.results import Report
+
+
+def _size(num_bytes: int) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if num_bytes < 1000 or unit == "GB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1000
+    return f"{num_bytes} B"  # pragma: no cover
+
+
+def _shape(shape: list[int]) -> str:
+    return "(" + ", ".join(map(str, shape)) + ")"
+
+
+def _keyvalue(title: str, rows: list[tuple[str, str]]) -> Table:
+    table = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def _layers(report: Report) -> Table:
+    results = report.results
+    table = Table(
+        title=f"Model {results.model_class}: {report.inputs.parameters:,} parameters "
+        f"({report.inputs.trainable_parameters:,} trainable)",
+        title_justify="left",
+    )
+    table.add_column("layer", overflow="fold")
+    table.add_column("type")
+    table.add_column("parameters", justify="right")
+    table.add_column("trainable", justify="right")
+    table.add_column("shapes", overflow="fold")
+    table.add_column("grad norm", justify="right")
+    for layer in results.layers:
+        trainable = "all" if layer.trainable == layer.parameters else f"{layer.trainable:,}"
+        shapes = ", ".join(
+            f"{name.rsplit('.', 1)[-1]} {_shape(shape)}" for name, shape in layer.shapes.items()
+        )
+        grad = "-" if layer.grad_norm is None else f"{layer.grad_norm:.4g}"
+        table.add_row(
+            layer.name, layer.type, f"{layer.parameters:,}", trainable or "none", shapes, grad
+        )
+    return table
+
+
+def _checkpoint(report: Report) -> Table:
+    info = report.results.checkpoint
+    match = f"{info.matched} keys matched"
+    if info.tied:
+        match += ", tied: " + ", ".join(f"{t['key']} = {t['tied_to']}" for t in info.tied)
+    rows = [
+        ("file", info.path),
+        ("format", f"{info.format}, {_size(info.size_bytes)}, {info.tensors} tensors"),
+        ("keys", match),
+    ]
+    if info.container:
+        rows.append(("nested under", repr(info.container)))
+    if info.prefix:
+        rows.append(("prefix", info.prefix))
+    if info.ignored_entries:
+        rows.append(("ignored", ", ".join(info.ignored_entries)))
+    if info.pickled_module:
+        rows.append(("pickled model", "yes (loaded with --trust-pickle)"))
+    if info.metadata:
+        rows.append(("metadata", ", ".join(f"{k}={v}" for k, v in sorted(info.metadata.items()))))
+    return _keyvalue("Checkpoint", rows)
+
+
+def _data(report: Report) -> Table:
+    data, results = report.results.data, report.results
+    samples = f"{data.samples:,}"
+    if data.available != data.samples:
+        samples += f" of {data.available:,} (--max-samples)"
+    inputs = ", ".join(f"{t.name} {_shape(t.shape)} {t.dtype}" for t in data.inputs)
+    targets = data.targets
+    rows = [
+        ("source", f"{data.source} ({data.format})"),
+        ("samples", f"{samples} in {data.batches} batch(es)"),
+        ("inputs", inputs),
+        ("targets", f"{_shape(targets.shape)} {targets.dtype}"),
+        ("outputs", _shape(data.output_shape)),
+        ("loss", f"{results.loss.name} ({results.loss.how})"),
+    ]
+    return _keyvalue("Data and loss", rows)
+
+
+def _gradient(report: Report) -> Table:
+    grad, settings = report.results.gradient, report.settings
+    mode = "train" if settings.train_mode else "eval"
+    rows = [
+        ("loss", f"{grad.loss:.6g}"),
+        ("gradient norm", f"{grad.grad_norm:.6g}"),
+        (
+            "computed",
+            f"{settings.device}, {settings.dtype}, {mode} mode, {grad.micro_batches} "
+            f"micro-batch(es) of ≤ {settings.micro_batch}, {grad.seconds:.3f} s",
+        ),
+    ]
+    return _keyvalue("At the checkpoint", rows)
+
+
+def _sources(report: Report) -> Text:
+    given = {k: v for k, v in report.settings.sources.items() if v != "default"}
+    text = ", ".join(f"{k} from {v}" for k, v in sorted(given.items()))
+    return Text(f"settings: {text}" if text else "settings: all defaults", style="dim")
+
+
+def _cost(report: Report) -> Text:
+    cost = report.cost
+    return Text(
+        f"cost: {cost.seconds:.2f} s, {cost.data_passes} data pass(es), "
+        f"{cost.hvps} Hessian-vector products"
+    )
+
+
+def info_renderable(report: Report) -> RenderableType:
+    """Everything ``hesscli info`` shows, as one Rich renderable."""
+    blank = Text("")
+    parts: list[RenderableType] = [
+        _layers(report),
+        blank,
+        _checkpoint(report),
+        blank,
+        _data(report),
+        blank,
+        _gradient(report),
+        blank,
+        _sources(report),
+        _cost(report),
+    ]
+    return Group(*parts)

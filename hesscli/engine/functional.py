@@ -1,0 +1,83 @@
+"""The training loss as a pure function of a parameter dict, and the weighted micro-batch loop.
+
+Parameters are ``dict[str, Tensor]`` keyed by ``named_parameters()`` names; ``functional_call``
+treats the dict as overrides, so frozen parameters and buffers stay the module's own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from hesscli.loading.data import Batch, Dataset, Inputs, map_inputs
+
+#: Micro-batch size used when the user sets none.
+DEFAULT_MICRO_BATCH = 512
+
+Params = dict[str, torch.Tensor]
+
+
+def trainable_parameters(model: nn.Module) -> Params:
+    """Detached copies (sharing storage) of the parameters that require gradients."""
+    return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def prepare_model(
+    model: nn.Module, *, device: torch.device, dtype: torch.dtype, train_mode: bool
+) -> nn.Module:
+    """Move floating parameters and buffers to ``device``/``dtype`` and set eval or train mode."""
+    model.to(device=device, dtype=dtype)
+    model.train(train_mode)
+    return model
+
+
+def to_device(batch: Batch, *, device: torch.device, dtype: torch.dtype) -> Batch:
+    """Move a batch; floating tensors also take ``dtype`` (integer ids and labels keep theirs)."""
+
+    def move(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.is_floating_point():
+            return tensor.to(device=device, dtype=dtype)
+        return tensor.to(device=device)
+
+    return Batch(map_inputs(batch.inputs, move), move(batch.targets))
+
+
+def call_model(model: nn.Module, params: Params, inputs: Inputs) -> torch.Tensor:
+    """Run ``model`` with ``params`` overriding its own (tensor, tuple or dict inputs)."""
+    if isinstance(inputs, torch.Tensor):
+        return functional_call(model, params, (inputs,))
+    if isinstance(inputs, dict):
+        return functional_call(model, params, (), inputs)
+    return functional_call(model, params, tuple(inputs))
+
+
+def batch_loss(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> Callable[[Params, Batch], torch.Tensor]:
+    """The mean loss of one batch as a pure function of the parameters."""
+
+    def loss(params: Params, batch: Batch) -> torch.Tensor:
+        return loss_fn(call_model(model, params, batch.inputs), batch.targets)
+
+    return loss
+
+
+def micro_batches(dataset: Dataset, size: int | None) -> Iterator[tuple[int, Batch, float]]:
+    """Yield ``(first sample index, micro-batch, weight bⱼ/N)`` covering every sample once.
+
+    Weighting each micro-batch's *mean* loss by bⱼ/N makes the sum equal the mean over all N
+    samples, whatever the split (the last micro-batch may be smaller): never a plain sum, and
+    never a division by the number of micro-batches.
+    """
+    step = size or DEFAULT_MICRO_BATCH
+    total = dataset.num_samples
+    offset = 0
+    for batch in dataset.batches:
+        for start in range(0, batch.size, step):
+            part = batch.slice(start, min(start + step, batch.size))
+            yield offset + start, part, part.size / total
+        offset += batch.size

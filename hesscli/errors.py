@@ -1,0 +1,60 @@
+"""Typed user errors: each names the problem and the fix, and maps to exit code 2.
+
+Domain code raises these; the command-line boundary turns them into one line on stderr.
+Anything else escaping a command is a hesscli bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class HesscliError(Exception):
+    """A problem with the user's input or environment, with a hint how to fix it.
+
+    Args:
+        problem: What is wrong, naming the file, option or tensor concerned.
+        fix: What the user can do about it.
+    """
+
+    exit_code = 2
+
+    def __init__(self, problem: str, fix: str = "") -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.fix = fix
+
+    def one_line(self) -> str:
+        """The message as a single line: ``problem; fix``."""
+        text = f"{self.problem}; {self.fix}" if self.fix else self.problem
+        return " ".join(text.split())
+
+
+class ConfigError(HesscliError):
+    """A configuration file or option value is invalid."""
+
+
+class ModelSpecError(HesscliError):
+    """The model specification cannot be resolved to an ``nn.Module``."""
+
+
+class CheckpointError(HesscliError):
+    """The checkpoint is missing, unreadable, or does not fit the model."""
+
+
+class DataError(HesscliError):
+    """The data cannot be read or does not fit the model or the loss."""
+
+
+class LossError(HesscliError):
+    """The loss cannot be resolved or does not fit the targets."""
+
+
+class LayerError(HesscliError):
+    """A requested layer or parameter name does not exist."""
+
+
+class NumericalError(HesscliError):
+    """A loss, gradient or weight is NaN or infinite."""
+
+
+class DeviceError(HesscliError):
+    """The requested device or dtype is not available."""

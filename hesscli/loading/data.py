@@ -1,0 +1,310 @@
+"""Read evaluation data: tensor files (``.pt``, ``.safetensors``, ``.npz``) or a Python factory.
+
+A data set is held in memory as a tuple of batches, so every pass over it sees exactly the same
+samples in the same order (curvature estimates need a fixed loss). Inputs may be one tensor, a
+tuple of tensors (passed positionally) or a dict of tensors (passed as keyword arguments).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hesscli.errors import DataError
+from hesscli.loading.imports import looks_like_spec, parse_spec, resolve_object
+
+INPUT_KEYS = ("inputs", "x", "input", "X", "features")
+TARGET_KEYS = ("targets", "y", "target", "Y", "labels")
+
+Inputs = torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]
+
+
+def map_inputs(inputs: Inputs, fn: Any) -> Inputs:
+    """Apply ``fn`` to every tensor of ``inputs``, keeping its structure."""
+    if isinstance(inputs, torch.Tensor):
+        return fn(inputs)
+    if isinstance(inputs, dict):
+        return {k: fn(v) for k, v in inputs.items()}
+    return tuple(fn(v) for v in inputs)
+
+
+def input_tensors(inputs: Inputs) -> list[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` pairs of ``inputs`` for messages and summaries."""
+    if isinstance(inputs, torch.Tensor):
+        return [("inputs", inputs)]
+    if isinstance(inputs, dict):
+        return [(f"inputs[{k!r}]", v) for k, v in inputs.items()]
+    return [(f"inputs[{i}]", v) for i, v in enumerate(inputs)]
+
+
+def apply_model(model: torch.nn.Module, inputs: Inputs) -> Any:
+    """Call ``model`` on ``inputs``: a tensor positionally, a tuple unpacked, a dict as kwargs."""
+    if isinstance(inputs, torch.Tensor):
+        return model(inputs)
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    return model(*inputs)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch: model inputs and loss targets, sharing their first (sample) dimension."""
+
+    inputs: Inputs
+    targets: torch.Tensor
+
+    @property
+    def size(self) -> int:
+        """Number of samples."""
+        return int(self.targets.shape[0])
+
+    def slice(self, start: int, stop: int) -> Batch:
+        """Samples ``start:stop`` of this batch."""
+        return Batch(map_inputs(self.inputs, lambda t: t[start:stop]), self.targets[start:stop])
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """All evaluation samples, in a fixed order.
+
+    Attributes:
+        batches: The batches as read (a file gives one; a factory may give many).
+        source: Where the data came from (file path or factory spec).
+        format: ``"pt"``, ``"safetensors"``, ``"npz"`` or ``"factory"``.
+        available: Samples available before ``--max-samples`` truncation.
+    """
+
+    batches: tuple[Batch, ...]
+    source: str
+    format: str
+    available: int
+
+    @property
+    def num_samples(self) -> int:
+        """Number of samples used."""
+        return sum(b.size for b in self.batches)
+
+    @property
+    def first(self) -> Batch:
+        """The first batch."""
+        return self.batches[0]
+
+
+def _pick(mapping: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
+    return next((name for name in names if name in mapping), None)
+
+
+def _from_mapping(mapping: Mapping[str, Any], *, where: str) -> Batch:
+    x_key, y_key = _pick(mapping, INPUT_KEYS), _pick(mapping, TARGET_KEYS)
+    if x_key is None or y_key is None:
+        keys = ", ".join(map(str, mapping)) or "none"
+        raise DataError(
+            f"{where} has no recognisable inputs/targets (keys found: {keys})",
+            "store the tensors under 'inputs' and 'targets' (or 'x' and 'y')",
+        )
+    inputs = mapping[x_key]
+    if isinstance(inputs, list):
+        inputs = tuple(inputs)
+    return Batch(inputs, mapping[y_key])
+
+
+def _from_object(obj: Any, *, where: str) -> Batch:
+    if isinstance(obj, Mapping):
+        return _from_mapping(obj, where=where)
+    if isinstance(obj, tuple | list) and len(obj) == 2:
+        inputs, targets = obj
+        if isinstance(inputs, list):
+            inputs = tuple(inputs)
+        return Batch(inputs, targets)
+    raise DataError(
+        f"{where} holds a {type(obj).__name__}, not inputs and targets",
+        "store a dict with 'inputs' and 'targets', or an (inputs, targets) tuple",
+    )
+
+
+def _check_batch(batch: Batch, *, where: str) -> Batch:
+    """Check types, shared sample dimension and finiteness of one batch."""
+    if not isinstance(batch.targets, torch.Tensor):
+        raise DataError(
+            f"{where}: targets are a {type(batch.targets).__name__}, not a tensor",
+            "store the targets as a torch tensor or numpy array",
+        )
+    named = input_tensors(batch.inputs) if _is_inputs(batch.inputs) else []
+    if not named:
+        raise DataError(
+            f"{where}: inputs are a {type(batch.inputs).__name__}, not a tensor",
+            "store the inputs as a tensor, a tuple of tensors or a dict of tensors",
+        )
+    if batch.targets.ndim == 0:
+        raise DataError(f"{where}: targets are a scalar", "give one target per sample")
+    for name, tensor in [*named, ("targets", batch.targets)]:
+        if tensor.ndim == 0 or tensor.shape[0] != batch.size:
+            shape = tuple(tensor.shape)
+            raise DataError(
+                f"{where}: {name} has shape {shape} but there are {batch.size} targets",
+                "inputs and targets need the same number of samples in dimension 0",
+            )
+        if tensor.is_floating_point() or tensor.is_complex():
+            nan, inf = int(torch.isnan(tensor).sum()), int(torch.isinf(tensor).sum())
+            if nan or inf:
+                raise DataError(
+                    f"{where}: {name} contains {nan} NaN and {inf} Inf values",
+                    "clean the data (or drop those samples) before computing curvature",
+                )
+    return batch
+
+
+def _is_inputs(inputs: Any) -> bool:
+    if isinstance(inputs, torch.Tensor):
+        return True
+    if isinstance(inputs, dict):
+        return bool(inputs) and all(isinstance(v, torch.Tensor) for v in inputs.values())
+    if isinstance(inputs, tuple):
+        return bool(inputs) and all(isinstance(v, torch.Tensor) for v in inputs)
+    return False
+
+
+def _as_tensor(value: Any) -> Any:
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        return value
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    return value
+
+
+def _tensorise(batch: Batch) -> Batch:
+    inputs = batch.inputs
+    if isinstance(inputs, dict):
+        inputs = {k: _as_tensor(v) for k, v in inputs.items()}
+    elif isinstance(inputs, tuple):
+        inputs = tuple(_as_tensor(v) for v in inputs)
+    else:
+        inputs = _as_tensor(inputs)
+    return Batch(inputs, _as_tensor(batch.targets))
+
+
+def _read_file(path: Path) -> tuple[Batch, str]:
+    suffix = path.suffix.lower()
+    where = f"data file {path}"
+    if suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return _from_mapping(load_file(str(path)), where=where), "safetensors"
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(
+                f"{where} is not a readable safetensors file ({type(exc).__name__})",
+                "the file is truncated or corrupt; re-export it",
+            ) from exc
+    if suffix == ".npz":
+        import numpy as np
+
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                arrays = {name: archive[name] for name in archive.files}
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+            raise DataError(
+                f"{where} is not a readable .npz archive ({type(exc).__name__}: {exc})",
+                "write it with numpy.savez holding 'inputs' and 'targets' arrays",
+            ) from exc
+        return _from_mapping(arrays, where=where), "npz"
+    if suffix not in {".pt", ".pth", ".bin"}:
+        raise DataError(
+            f"{where} has an unsupported extension {suffix!r}",
+            "use a .pt, .safetensors or .npz file, or a module:function factory",
+        )
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(
+            f"{where} is not a readable tensor file ({type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})",
+            "save it with torch.save({'inputs': x, 'targets': y}) (tensors only)",
+        ) from exc
+    return _from_object(obj, where=where), "pt"
+
+
+def _call_factory(spec_text: str, *, base: Path) -> list[Batch]:
+    spec = parse_spec(spec_text, base=base, what="data factory", error=DataError)
+    factory = resolve_object(spec, base=base, what="data factory", error=DataError)
+    if not callable(factory):
+        raise DataError(
+            f"data factory {spec.name!r} is a {type(factory).__name__}, not a function",
+            "point --data at a function returning (inputs, targets) or an iterable of batches",
+        )
+    where = f"data factory {spec_text}"
+    try:
+        produced = factory()
+    except Exception as exc:
+        raise DataError(
+            f"{where} raised {type(exc).__name__}: {exc}", "fix the factory function"
+        ) from exc
+    if isinstance(produced, Mapping) or (
+        isinstance(produced, tuple | list)
+        and len(produced) == 2
+        and not isinstance(produced[0], tuple | list | Mapping)
+    ):
+        return [_from_object(produced, where=where)]
+    if not isinstance(produced, Iterable):
+        raise DataError(
+            f"{where} returned a {type(produced).__name__}",
+            "return (inputs, targets), a dict, or an iterable of such batches",
+        )
+    return [_from_object(item, where=f"{where} batch {i}") for i, item in enumerate(produced)]
+
+
+def _truncate(batches: list[Batch], max_samples: int | None) -> Iterator[Batch]:
+    remaining = max_samples
+    for batch in batches:
+        if remaining is not None and remaining <= 0:
+            return
+        if remaining is not None and batch.size > remaining:
+            yield batch.slice(0, remaining)
+            return
+        if remaining is not None:
+            remaining -= batch.size
+        yield batch
+
+
+def load_data(spec: str, *, base: Path, max_samples: int | None = None) -> Dataset:
+    """Read the data named by ``spec``: a tensor file or a ``module:function`` factory.
+
+    Args:
+        spec: A file path, or ``path/to/file.py:function`` / ``package.module:function``.
+        base: Directory relative paths resolve against.
+        max_samples: Use only the first this many samples.
+
+    Returns:
+        The data set, every batch checked for shape agreement and finite values.
+    """
+    if max_samples is not None and max_samples < 1:
+        raise DataError(f"--max-samples must be at least 1, got {max_samples}", "pass a count")
+    path = Path(spec).expanduser()
+    path = path if path.is_absolute() else base / path
+    if path.exists() or not looks_like_spec(spec):
+        if not path.exists():
+            raise DataError(f"data file not found: {path}", "check the --data path")
+        if path.is_dir():
+            raise DataError(
+                f"data path {path} is a directory", "pass a .pt, .safetensors or .npz file"
+            )
+        batch, kind = _read_file(path)
+        raw, source = [batch], str(path)
+    else:
+        raw, kind, source = _call_factory(spec, base=base), "factory", spec
+    batches = [_tensorise(b) for b in raw]
+    batches = [_check_batch(b, where=f"data {source}") for b in batches]
+    available = sum(b.size for b in batches)
+    if available == 0:
+        raise DataError(f"data {source} holds no samples", "give at least one sample")
+    used = tuple(b for b in _truncate(batches, max_samples) if b.size > 0)
+    return Dataset(used, source, kind, available)

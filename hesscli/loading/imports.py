@@ -1,0 +1,178 @@
+"""Resolve ``path/to/file.py:Name`` and ``package.module:Name`` specs to Python objects.
+
+Model definitions, data factories and custom losses are all named this way.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import importlib.util
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from hesscli.errors import HesscliError
+
+
+@dataclass(frozen=True)
+class ObjectSpec:
+    """A parsed ``target:Name`` spec.
+
+    Attributes:
+        target: A ``.py`` file path (resolved) or a dotted module name.
+        name: The attribute to take from it (dots allowed, ``pkg.mod:Outer.inner``).
+        is_file: Whether ``target`` is a file path.
+    """
+
+    target: str
+    name: str
+    is_file: bool
+
+    def __str__(self) -> str:
+        return f"{self.target}:{self.name}"
+
+
+def looks_like_spec(text: str) -> bool:
+    """Whether ``text`` has the ``target:Name`` shape (and is not a Windows drive path)."""
+    if ":" not in text:
+        return False
+    target, _, name = text.rpartition(":")
+    return bool(target) and bool(name) and not (len(target) == 1 and name.startswith(("\\", "/")))
+
+
+def parse_spec(text: str, *, base: Path, what: str, error: type[HesscliError]) -> ObjectSpec:
+    """Parse ``text`` as ``file.py:Name`` or ``package.module:Name``.
+
+    Args:
+        text: The spec as given.
+        base: Directory that relative file paths are resolved against.
+        what: Noun for messages, e.g. ``"model"``.
+        error: Error class to raise.
+
+    Returns:
+        The parsed spec; file paths are made absolute.
+    """
+    if not looks_like_spec(text):
+        raise error(
+            f"{what} spec {text!r} has no ':Name' part",
+            "write it as path/to/file.py:Name or package.module:Name",
+        )
+    target, _, name = text.rpartition(":")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        path = Path(target).expanduser()
+        if not path.is_absolute():
+            path = base / path
+        return ObjectSpec(str(path.resolve()), name, is_file=True)
+    if not all(part.isidentifier() for part in target.split(".")):
+        raise error(
+            f"{what} spec {text!r}: {target!r} is neither a .py file nor a module name",
+            "write it as path/to/file.py:Name or package.module:Name",
+        )
+    return ObjectSpec(target, name, is_file=False)
+
+
+@contextmanager
+def _on_sys_path(directory: Path) -> Iterator[None]:
+    entry = str(directory)
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        if entry in sys.path:
+            sys.path.remove(entry)
+
+
+def _import_file(path: Path, *, what: str, error: type[HesscliError]) -> ModuleType:
+    if not path.exists():
+        raise error(f"{what} file not found: {path}", "check the path before the ':'")
+    if path.is_dir():
+        raise error(f"{what} file {path} is a directory", "name a .py file, e.g. dir/model.py:Net")
+    digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
+    module_name = f"_hesscli_user_{path.stem}_{digest}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise error(f"cannot import {what} file {path}", "name a Python source file ending in .py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        with _on_sys_path(path.parent):
+            spec.loader.exec_module(module)
+    except SyntaxError as exc:
+        del sys.modules[module_name]
+        raise error(
+            f"{what} file {path} has a syntax error at line {exc.lineno}: {exc.msg}",
+            "fix the file",
+        ) from exc
+    except Exception as exc:
+        del sys.modules[module_name]
+        raise error(
+            f"importing {what} file {path} failed: {type(exc).__name__}: {exc}",
+            "fix the file or install what it imports",
+        ) from exc
+    return module
+
+
+def _import_module(name: str, *, base: Path, what: str, error: type[HesscliError]) -> ModuleType:
+    try:
+        with _on_sys_path(base):
+            return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        raise error(
+            f"{what} module {name!r} not found ({exc})",
+            "check the spelling, install the package, or use path/to/file.py:Name",
+        ) from exc
+    except Exception as exc:
+        raise error(
+            f"importing {what} module {name!r} failed: {type(exc).__name__}: {exc}",
+            "fix the module or install what it imports",
+        ) from exc
+
+
+def public_names(module: ModuleType) -> list[str]:
+    """Names defined at the top level of ``module`` that do not start with ``_``."""
+    return [name for name in vars(module) if not name.startswith("_")]
+
+
+def closest(name: str, candidates: list[str], n: int = 3) -> list[str]:
+    """The candidates closest to ``name`` (``difflib``), best first."""
+    return difflib.get_close_matches(name, candidates, n=n, cutoff=0.4)
+
+
+def resolve_object(
+    spec: ObjectSpec,
+    *,
+    base: Path,
+    what: str,
+    error: type[HesscliError],
+    suggest: Callable[[ModuleType], list[str]] = public_names,
+) -> Any:
+    """Import the module or file of ``spec`` and return the named attribute.
+
+    Args:
+        spec: The parsed spec.
+        base: Directory put on ``sys.path`` while importing a module by name.
+        what: Noun for messages.
+        error: Error class to raise.
+        suggest: Lists the names to suggest when the attribute is missing.
+    """
+    if spec.is_file:
+        module = _import_file(Path(spec.target), what=what, error=error)
+    else:
+        module = _import_module(spec.target, base=base, what=what, error=error)
+    obj: Any = module
+    for part in spec.name.split("."):
+        if not hasattr(obj, part):
+            pool = suggest(module)
+            near = closest(spec.name, pool) or pool[:5]
+            hint = f"did you mean {', '.join(near)}?" if near else "the file defines no such name"
+            raise error(f"{what} {spec.name!r} not found in {spec.target}", hint)
+        obj = getattr(obj, part)
+    return obj

@@ -1,0 +1,201 @@
+"""Loss functions by name, inferred from the targets when not given, and checked against them.
+
+Every loss returns the **mean** over the samples of its batch, so the engine can weight
+micro-batches by their size (DESIGN.md: L = (1/N) Σₙ ℓ(f(xₙ), yₙ)). For ``mse``, ``huber`` and
+``bce_with_logits`` the per-sample loss is the mean over that sample's output elements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from hesscli.errors import LossError
+from hesscli.loading.imports import looks_like_spec, parse_spec, resolve_object
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # Written out rather than F.mse_loss: jvp-of-grad through mse_loss(reduction="mean")
+    # fails with "ZeroTensors are immutable" on current torch (pytorch #123996).
+    return (outputs - targets).square().mean()
+
+
+def _bce_with_logits(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(outputs, targets.to(outputs.dtype))
+
+
+BUILTIN_LOSSES: dict[str, LossFn] = {
+    "cross_entropy": F.cross_entropy,
+    "mse": _mse,
+    "nll": F.nll_loss,
+    "bce_with_logits": _bce_with_logits,
+    "huber": F.huber_loss,
+}
+_ALIASES = {"ce": "cross_entropy", "crossentropy": "cross_entropy", "bce": "bce_with_logits"}
+
+
+@dataclass(frozen=True)
+class Loss:
+    """A resolved loss.
+
+    Attributes:
+        name: Built-in name or the ``module:function`` spec.
+        fn: ``fn(outputs, targets)`` → mean loss over the batch.
+        how: Why this loss: ``"option"``/config source, or ``"inferred from ... targets"``.
+    """
+
+    name: str
+    fn: LossFn
+    how: str
+
+    @property
+    def inferred(self) -> bool:
+        """Whether the loss was inferred from the targets rather than named."""
+        return self.how.startswith("inferred")
+
+
+def infer_loss_name(targets: torch.Tensor) -> tuple[str, str]:
+    """The loss implied by the targets' dtype, with the reason.
+
+    Integer class labels → ``cross_entropy``; booleans → ``bce_with_logits``; floats → ``mse``.
+    """
+    if targets.dtype == torch.bool:
+        return "bce_with_logits", "inferred from boolean targets"
+    if targets.is_floating_point():
+        return "mse", f"inferred from floating-point targets ({_dtype(targets)})"
+    return "cross_entropy", f"inferred from integer class-label targets ({_dtype(targets)})"
+
+
+def _dtype(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+def resolve_loss(name: str | None, targets: torch.Tensor, *, base: Path, how: str) -> Loss:
+    """Resolve ``--loss`` (a built-in name or ``module:function``), or infer it.
+
+    Args:
+        name: The loss as given, or ``None`` to infer it from ``targets``.
+        targets: The first batch's targets.
+        base: Directory that a ``file.py:function`` spec resolves against.
+        how: Where ``name`` came from, for the report.
+    """
+    if name is None:
+        inferred, reason = infer_loss_name(targets)
+        return Loss(inferred, BUILTIN_LOSSES[inferred], reason)
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key in BUILTIN_LOSSES:
+        return Loss(key, BUILTIN_LOSSES[key], how)
+    if not looks_like_spec(name):
+        raise LossError(
+            f"unknown loss {name!r}",
+            f"use one of {', '.join(BUILTIN_LOSSES)} or a module:function spec",
+        )
+    spec = parse_spec(name, base=base, what="loss", error=LossError)
+    fn = resolve_object(spec, base=base, what="loss", error=LossError)
+    if not callable(fn):
+        raise LossError(
+            f"loss {name!r} is a {type(fn).__name__}, not a function",
+            "point --loss at a function (outputs, targets) -> mean loss",
+        )
+    return Loss(name, fn, how)
+
+
+def _shape(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(t.shape)
+
+
+def check_fit(loss: Loss, outputs: object, targets: torch.Tensor) -> None:
+    """Check that ``outputs`` and ``targets`` fit ``loss`` before any curvature is computed.
+
+    Raises:
+        LossError: naming the shapes or values that do not fit, and the fix.
+    """
+    if not isinstance(outputs, torch.Tensor):
+        raise LossError(
+            f"the model returns a {type(outputs).__name__}, not a tensor of outputs",
+            "wrap the model so forward() returns the tensor the loss takes (e.g. the logits)",
+        )
+    name = loss.name
+    out, tgt = _shape(outputs), _shape(targets)
+    if name in {"cross_entropy", "nll"}:
+        _check_classification(name, outputs, targets)
+    elif name in {"mse", "huber", "bce_with_logits"}:
+        if not (targets.is_floating_point() or name == "bce_with_logits"):
+            raise LossError(
+                f"loss {name} needs floating-point targets, got {_dtype(targets)} {tgt}",
+                "use --loss cross_entropy for class labels, or store float targets",
+            )
+        if out != tgt:
+            raise LossError(
+                f"loss {name}: model outputs have shape {out} but targets have shape {tgt}",
+                "store targets with the outputs' shape (no silent broadcasting), or fix --model",
+            )
+        if name == "bce_with_logits" and ((targets < 0).any() or (targets > 1).any()):
+            raise LossError(
+                f"loss {name}: targets must lie in [0, 1], found values in "
+                f"[{float(targets.min()):g}, {float(targets.max()):g}]",
+                "store probabilities or 0/1 labels as targets",
+            )
+    else:
+        _check_custom(loss, outputs, targets)
+
+
+def _check_classification(name: str, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    out, tgt = _shape(outputs), _shape(targets)
+    if targets.is_floating_point():
+        if name == "nll" or out != tgt:
+            raise LossError(
+                f"loss {name}: float targets {tgt} need outputs of the same shape, got {out}",
+                "store integer class labels (int64) as targets, or use --loss mse",
+            )
+        return
+    if targets.dtype == torch.bool or targets.is_complex():
+        raise LossError(
+            f"loss {name} needs integer class labels, got {_dtype(targets)} targets",
+            "store the labels as int64, or use --loss bce_with_logits",
+        )
+    if outputs.ndim != targets.ndim + 1 or out[:1] + out[2:] != tgt:
+        raise LossError(
+            f"loss {name}: outputs of shape {out} do not fit class-label targets of shape {tgt}",
+            "outputs must be (N, C, ...) for targets (N, ...); check --model and --data",
+        )
+    _check_label_range(name, targets, out[1])
+
+
+def _check_label_range(name: str, targets: torch.Tensor, classes: int) -> None:
+    low, high = int(targets.min()), int(targets.max())
+    if low < 0 or high >= classes:
+        raise LossError(
+            f"loss {name}: targets hold class labels in [{low}, {high}] but the model outputs "
+            f"{classes} classes",
+            "labels must lie in [0, C); check the data and the model's output size",
+        )
+
+
+def _check_custom(loss: Loss, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    try:
+        value = loss.fn(outputs, targets)
+    except Exception as exc:
+        raise LossError(
+            f"loss {loss.name} failed on outputs {_shape(outputs)} and targets "
+            f"{_shape(targets)}: {type(exc).__name__}: {exc}",
+            "make the loss accept (outputs, targets) and return the batch mean",
+        ) from exc
+    if not isinstance(value, torch.Tensor) or value.numel() != 1:
+        shape = _shape(value) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise LossError(
+            f"loss {loss.name} returned {shape}, not a scalar",
+            "return the mean loss over the batch as a 0-d tensor",
+        )
+
+
+def check_class_range(loss: Loss, targets: torch.Tensor, classes: int) -> None:
+    """Check every batch's labels (not only the first one's) against the number of classes."""
+    if loss.name in {"cross_entropy", "nll"} and not targets.is_floating_point():
+        _check_label_range(loss.name, targets, classes)

@@ -1,0 +1,202 @@
+"""Turn options, project config and checkpoint metadata into a loaded, validated problem.
+
+A *problem* is everything a curvature computation needs: the model with its checkpoint weights,
+the data set and the loss, checked against each other with one cheap forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hesscli.errors import CheckpointError, ConfigError, DataError, ModelSpecError
+from hesscli.loading.checkpoint import KeyReport, RawCheckpoint, load_into, read_checkpoint
+from hesscli.loading.config import (
+    DEFAULT,
+    ConfigFile,
+    Sourced,
+    checkpoint_defaults,
+    find_config,
+    merge_settings,
+    read_config,
+)
+from hesscli.loading.data import Dataset, apply_model, input_tensors, load_data
+from hesscli.loading.losses import Loss, check_class_range, check_fit, resolve_loss
+from hesscli.loading.model_spec import build_model, parse_model_kwargs
+
+#: Built-in defaults for every setting.
+DEFAULTS: dict[str, Any] = {
+    "checkpoint": None,
+    "model": None,
+    "model_kwargs": None,
+    "data": None,
+    "loss": None,
+    "max_samples": None,
+    "micro_batch": None,
+    "device": "auto",
+    "dtype": "float32",
+    "seed": 0,
+    "curvature": "hessian",
+    "train_mode": False,
+}
+#: Samples run through the model to check that data, model and loss fit together.
+_PROBE_SAMPLES = 8
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A model with its weights, data and loss, checked to fit together.
+
+    Attributes:
+        model: The model on the CPU, weights loaded, in eval mode.
+        model_label: The model spec, or ``pickled <Class>`` for a trusted pickled module.
+        checkpoint: What the checkpoint file held.
+        key_report: How its keys matched the model.
+        dataset: The evaluation data.
+        loss: The loss and how it was chosen.
+        output_shape: Model output shape on the first few samples.
+        settings: Every setting with its source.
+    """
+
+    model: nn.Module
+    model_label: str
+    checkpoint: RawCheckpoint
+    key_report: KeyReport
+    dataset: Dataset
+    loss: Loss
+    output_shape: tuple[int, ...]
+    settings: dict[str, Sourced]
+
+
+def resolve_settings(
+    options: Mapping[str, Any], *, cwd: Path, config_path: Path | None, use_config: bool
+) -> tuple[dict[str, Sourced], ConfigFile | None]:
+    """Merge command-line options with checkpoint metadata, project config and defaults."""
+    config = None
+    if config_path is not None:
+        path = config_path if config_path.is_absolute() else cwd / config_path
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}", "check the --config path")
+        config = read_config(path)
+        if config is None:
+            raise ConfigError(f"{path} has no [tool.hesscli] table", "add one or drop --config")
+    elif use_config:
+        config = find_config(cwd)
+    checkpoint = options.get("checkpoint")
+    if checkpoint is not None:
+        checkpoint_path = _absolute(checkpoint, cwd)
+    elif config is not None and "checkpoint" in config.values:
+        checkpoint_path = _absolute(config.values["checkpoint"], config.path.parent)
+    else:
+        raise CheckpointError(
+            "no checkpoint given", "pass CHECKPOINT, or set checkpoint in hesscli.toml"
+        )
+    metadata = checkpoint_defaults(checkpoint_path)
+    settings = merge_settings(
+        {**options, "checkpoint": str(checkpoint_path)},
+        cwd=cwd,
+        config=config,
+        metadata=metadata,
+        checkpoint_dir=checkpoint_path.parent,
+        defaults=DEFAULTS,
+    )
+    return settings, config
+
+
+def _absolute(text: str, base: Path) -> Path:
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else base / path
+
+
+def _model_kwargs(setting: Sourced) -> dict[str, Any]:
+    if isinstance(setting.value, dict):
+        return dict(setting.value)
+    return parse_model_kwargs(setting.value)
+
+
+def _build(settings: dict[str, Sourced], raw: RawCheckpoint) -> tuple[nn.Module, str]:
+    spec = settings["model"]
+    if spec.value is None:
+        if raw.module is not None:
+            return raw.module, f"pickled {type(raw.module).__name__}"
+        raise ModelSpecError(
+            "no model definition given",
+            "pass --model path/to/file.py:Class, set model in hesscli.toml, or store it in "
+            "the checkpoint with 'hesscli convert'",
+        )
+    model = build_model(spec.value, _model_kwargs(settings["model_kwargs"]), base=spec.base)
+    return model, spec.value
+
+
+def _probe(model: nn.Module, dataset: Dataset, loss_setting: Sourced) -> tuple[Loss, tuple]:
+    """Run a few samples through the model in eval mode to check data, model and loss fit."""
+    first = dataset.first.slice(0, _PROBE_SAMPLES)
+    shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in input_tensors(first.inputs))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = apply_model(model, first.inputs)
+    except Exception as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(
+            f"data ({shapes} per batch of {first.size}) does not fit the model: {message}",
+            "check that --data matches --model",
+        ) from exc
+    finally:
+        model.train(was_training)
+    how = loss_setting.source if loss_setting.source != DEFAULT else "default"
+    loss = resolve_loss(loss_setting.value, first.targets, base=loss_setting.base, how=how)
+    check_fit(loss, outputs, first.targets)
+    if outputs.ndim >= 2:
+        for batch in dataset.batches:
+            check_class_range(loss, batch.targets, int(outputs.shape[1]))
+    return loss, tuple(outputs.shape)
+
+
+def load_problem(settings: dict[str, Sourced], *, trust_pickle: bool = False) -> Problem:
+    """Load checkpoint, model, data and loss, and check them against each other.
+
+    Args:
+        settings: Output of :func:`resolve_settings`.
+        trust_pickle: Allow unpickling a full ``nn.Module`` (runs code from the file).
+    """
+    path = Path(settings["checkpoint"].value)
+    raw = read_checkpoint(path, trust_pickle=trust_pickle)
+    model, label = _build(settings, raw)
+    if raw.module is not None and model is raw.module:
+        state = model.state_dict()
+        report = KeyReport(matched=len(state))
+    else:
+        source = raw if raw.module is None else _as_state(raw)
+        report = load_into(model, source)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ModelSpecError(
+            f"model {label} has no trainable parameters",
+            "unfreeze the parameters to analyse (requires_grad=True) in the model definition",
+        )
+    data = settings["data"]
+    if data.value is None:
+        raise DataError(
+            "no data given", "pass --data FILE (or module:function), or set data in hesscli.toml"
+        )
+    seed = settings["seed"].value
+    if seed is not None:
+        torch.manual_seed(int(seed))
+    dataset = load_data(data.value, base=data.base, max_samples=settings["max_samples"].value)
+    model.eval()
+    loss, output_shape = _probe(model, dataset, settings["loss"])
+    return Problem(model, label, raw, report, dataset, loss, output_shape, settings)
+
+
+def _as_state(raw: RawCheckpoint) -> RawCheckpoint:
+    """A pickled module's weights as a plain state-dict checkpoint."""
+    assert raw.module is not None
+    return RawCheckpoint(
+        raw.path, raw.format, raw.size_bytes, dict(raw.module.state_dict()), raw.container
+    )

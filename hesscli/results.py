@@ -1,0 +1,157 @@
+"""Frozen result objects that every renderer reads (tables, JSON).
+
+Field names are the JSON contract of DESIGN.md: a report serialises with
+:func:`dataclasses.asdict` into ``{schema_version, command, inputs, settings, results, cost}``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunInputs:
+    """What a run read: files, sample count, parameter count, layers."""
+
+    checkpoint: str
+    model: str
+    data: str
+    loss: str
+    samples: int
+    parameters: int
+    trainable_parameters: int
+    layers: list[str]
+    config: str | None
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """How a run computed, and where each setting came from."""
+
+    curvature: str
+    device: str
+    dtype: str
+    seed: int | None
+    micro_batch: int
+    max_samples: int | None
+    train_mode: bool
+    sources: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """What a run spent."""
+
+    seconds: float
+    hvps: int = 0
+    data_passes: int = 0
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer of the model summary."""
+
+    name: str
+    type: str
+    parameters: int
+    trainable: int
+    shapes: dict[str, list[int]]
+    grad_norm: float | None
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """What the checkpoint held and how its keys matched the model."""
+
+    path: str
+    format: str
+    size_bytes: int
+    tensors: int
+    container: str | None
+    prefix: str
+    ignored_entries: list[str]
+    matched: int
+    missing: list[str]
+    unexpected: list[str]
+    mismatched: list[dict[str, object]]
+    tied: list[dict[str, str]]
+    metadata: dict[str, object]
+    pickled_module: bool
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Name, shape and dtype of a data tensor (shape of the whole set)."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """The evaluation data."""
+
+    source: str
+    format: str
+    samples: int
+    available: int
+    batches: int
+    inputs: list[TensorInfo]
+    targets: TensorInfo
+    output_shape: list[int]
+
+
+@dataclass(frozen=True)
+class LossInfo:
+    """The loss and why it was chosen."""
+
+    name: str
+    how: str
+
+
+@dataclass(frozen=True)
+class GradientInfo:
+    """Loss and gradient at the checkpoint (one forward/backward pass)."""
+
+    loss: float
+    grad_norm: float
+    micro_batches: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class InfoResults:
+    """Results of ``hesscli info``."""
+
+    model_class: str
+    layers: list[LayerInfo]
+    checkpoint: CheckpointInfo
+    data: DataInfo
+    loss: LossInfo
+    gradient: GradientInfo
+
+
+@dataclass(frozen=True)
+class ConvertResults:
+    """Results of ``hesscli convert``: the file written and the defaults stored in it."""
+
+    source: str
+    written: str
+    tensors: int
+    metadata: dict[str, object]
+
+
+@dataclass(frozen=True)
+class Report:
+    """The envelope every command returns."""
+
+    command: str
+    inputs: RunInputs
+    settings: RunSettings
+    results: InfoResults | ConvertResults
+    cost: Cost
+    schema_version: int = SCHEMA_VERSION
+    hesscli_version: str = field(default="")
