@@ -22,6 +22,9 @@ class HesscliError(Exception):
         self.problem = problem
         self.fix = fix
 
+    def __str__(self) -> str:
+        return self.one_line()
+
     def one_line(self) -> str:
         """The message as a single line: ``problem; fix``."""
         text = f"{self.problem}; {self.fix}" if self.fix else self.problem

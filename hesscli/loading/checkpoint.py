@@ -296,29 +296,33 @@ def _rename(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Te
 
 
 def align_keys(
-    tensors: dict[str, torch.Tensor], model_keys: set[str]
+    tensors: dict[str, torch.Tensor], model_keys: set[str], max_changes: int = 3
 ) -> tuple[dict[str, torch.Tensor], str]:
-    """Strip or add wrapper prefixes while that matches more of the model's keys.
+    """Strip or add wrapper prefixes (up to ``max_changes``) to match the most model keys.
+
+    Stacked wrappers such as ``module._orig_mod.`` (DDP around ``torch.compile``) need two
+    strips before any key matches, so every sequence of changes is tried, shortest first.
 
     Returns:
         The renamed tensors and the prefix changes made (e.g. ``"-module."``), ``""`` if none.
     """
-    current, changes = tensors, []
-    while True:
-        score = len(model_keys & current.keys())
-        best: tuple[int, str, dict[str, torch.Tensor]] | None = None
-        for prefix in WRAPPER_PREFIXES:
-            for change in (f"-{prefix}", f"+{prefix}"):
-                renamed = _rename(current, change)
-                if len(renamed) != len(current):
-                    continue
-                gain = len(model_keys & renamed.keys())
-                if gain > score and (best is None or gain > best[0]):
-                    best = (gain, change, renamed)
-        if best is None:
-            return current, " ".join(changes)
-        current = best[2]
-        changes.append(best[1])
+    best = (len(model_keys & tensors.keys()), (), tensors)
+    frontier: list[tuple[tuple[str, ...], dict[str, torch.Tensor]]] = [((), tensors)]
+    for _ in range(max_changes):
+        next_frontier = []
+        for changes, current in frontier:
+            for prefix in WRAPPER_PREFIXES:
+                for change in (f"-{prefix}", f"+{prefix}"):
+                    renamed = _rename(current, change)
+                    if len(renamed) != len(current) or renamed.keys() == current.keys():
+                        continue
+                    path = (*changes, change)
+                    score = len(model_keys & renamed.keys())
+                    if score > best[0]:
+                        best = (score, path, renamed)
+                    next_frontier.append((path, renamed))
+        frontier = next_frontier
+    return best[2], " ".join(best[1])
 
 
 def match_keys(tensors: dict[str, torch.Tensor], model: nn.Module) -> tuple[KeyReport, dict]:

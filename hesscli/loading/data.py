@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hesscli.errors import DataError
@@ -170,10 +171,6 @@ def _is_inputs(inputs: Any) -> bool:
 
 
 def _as_tensor(value: Any) -> Any:
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        return value
     if isinstance(value, np.ndarray):
         return torch.from_numpy(value.copy())
     return value
@@ -206,8 +203,6 @@ def _read_file(path: Path) -> tuple[Batch, str]:
                 "the file is truncated or corrupt; re-export it",
             ) from exc
     if suffix == ".npz":
-        import numpy as np
-
         try:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in archive.files}
@@ -248,11 +243,12 @@ def _call_factory(spec_text: str, *, base: Path) -> list[Batch]:
         raise DataError(
             f"{where} raised {type(exc).__name__}: {exc}", "fix the factory function"
         ) from exc
-    if isinstance(produced, Mapping) or (
+    single_pair = (
         isinstance(produced, tuple | list)
         and len(produced) == 2
-        and not isinstance(produced[0], tuple | list | Mapping)
-    ):
+        and isinstance(produced[1], torch.Tensor | np.ndarray)
+    )
+    if isinstance(produced, Mapping) or single_pair:
         return [_from_object(produced, where=where)]
     if not isinstance(produced, Iterable):
         raise DataError(

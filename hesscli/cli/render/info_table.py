@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -18,7 +20,16 @@ def _size(num_bytes: int) -> str:
 
 
 def _shape(shape: list[int]) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")"
+    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _path(text: str) -> str:
+    """A path relative to the working directory when it lies below it."""
+    path = Path(text)
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return text
 
 
 def _keyvalue(title: str, rows: list[tuple[str, str]]) -> Table:
@@ -61,7 +72,7 @@ def _checkpoint(report: Report) -> Table:
     if info.tied:
         match += ", tied: " + ", ".join(f"{t['key']} = {t['tied_to']}" for t in info.tied)
     rows = [
-        ("file", info.path),
+        ("file", _path(info.path)),
         ("format", f"{info.format}, {_size(info.size_bytes)}, {info.tensors} tensors"),
         ("keys", match),
     ]
@@ -86,7 +97,7 @@ def _data(report: Report) -> Table:
     inputs = ", ".join(f"{t.name} {_shape(t.shape)} {t.dtype}" for t in data.inputs)
     targets = data.targets
     rows = [
-        ("source", f"{data.source} ({data.format})"),
+        ("source", f"{_path(data.source)} ({data.format})"),
         ("samples", f"{samples} in {data.batches} batch(es)"),
         ("inputs", inputs),
         ("targets", f"{_shape(targets.shape)} {targets.dtype}"),

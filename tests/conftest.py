@@ -1,0 +1,45 @@
+"""Shared fixtures: a CLI runner through the real error boundary, and copies of sample models."""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner, Result
+
+from hesscli.cli.app import app
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "sample_models"
+WIDTH = "120"
+
+
+@pytest.fixture
+def cli() -> Callable[..., Result]:
+    """Invoke ``hesscli`` with the Rich width pinned; returns typer's ``Result``."""
+    runner = CliRunner()
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(app, list(args), env={"COLUMNS": WIDTH, "NO_COLOR": "1"})
+
+    return invoke
+
+
+@pytest.fixture
+def samples(tmp_path: Path) -> Path:
+    """A private copy of ``sample_models/`` (tests may run from inside it)."""
+    target = tmp_path / "sample_models"
+    shutil.copytree(SAMPLES, target, ignore=shutil.ignore_patterns("__pycache__"))
+    return target
+
+
+def tree_digest(root: Path) -> dict[str, str]:
+    """sha256 of every file under ``root``: proof that nothing was written into inputs."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts
+    }
