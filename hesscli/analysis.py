@@ -17,12 +17,13 @@ from hesscli.engine.gradient import loss_and_gradient
 from hesscli.engine.params import Layer, list_layers, select_layers
 from hesscli.errors import ConfigError
 from hesscli.loading.checkpoint import write_safetensors
-from hesscli.loading.config import ConfigFile, Sourced
+from hesscli.loading.config import ConfigFile, Sourced, metadata_may_name
 from hesscli.loading.data import Dataset, input_tensors
+from hesscli.loading.guard import refuse_to_overwrite
 from hesscli.loading.imports import looks_like_spec, parse_spec
 from hesscli.loading.losses import BUILTIN_LOSSES
 from hesscli.loading.model_spec import parse_model_kwargs
-from hesscli.loading.problem import Problem, load_problem, resolve_settings
+from hesscli.loading.problem import Problem, load_problem, problem_files, resolve_settings
 from hesscli.results import (
     CheckpointInfo,
     ConvertResults,
@@ -185,6 +186,7 @@ def run_info(
         results=results,
         cost=Cost(seconds=time.perf_counter() - start, hvps=0, data_passes=1),
         hesscli_version=__version__,
+        input_files=problem_files(problem, config),
     )
 
 
@@ -203,18 +205,24 @@ def _inputs(problem: Problem, layers: list[Layer], config: ConfigFile | None) ->
     )
 
 
-def _relative(setting: Sourced, out_dir: Path) -> str:
-    """A path or ``file.py:Name`` setting rewritten relative to ``out_dir``."""
+def _stored(setting: Sourced, out_dir: Path) -> str | None:
+    """A path or ``file.py:Name`` setting as it should be stored in metadata beside ``out_dir``.
+
+    Returns:
+        The setting relative to ``out_dir``, or ``None`` when it names code that readers of the
+        metadata would refuse to import (an installed module, or a file outside ``out_dir``).
+    """
     text = str(setting.value)
     path = Path(text).expanduser()
     path = path if path.is_absolute() else setting.base / path
     if path.exists():
         return Path(os.path.relpath(path.resolve(), out_dir)).as_posix()
-    if looks_like_spec(text):
-        spec = parse_spec(text, base=setting.base, what="setting", error=ConfigError)
-        if spec.is_file:
-            return f"{Path(os.path.relpath(spec.target, out_dir)).as_posix()}:{spec.name}"
-    return text
+    if not looks_like_spec(text):
+        return text
+    spec = parse_spec(text, base=setting.base, what="setting", error=ConfigError)
+    if not metadata_may_name(spec, out_dir):
+        return None
+    return f"{Path(os.path.relpath(spec.target, out_dir)).as_posix()}:{spec.name}"
 
 
 def run_convert(
@@ -229,24 +237,36 @@ def run_convert(
     """Write the checkpoint as a ``.safetensors`` that carries its model, data and loss.
 
     The problem is loaded and checked first, so the defaults written are known to work;
-    paths are stored relative to the output's folder. The input checkpoint is never modified.
+    paths are stored relative to the output's folder. Code outside that folder is not stored
+    (readers refuse it) and is reported in ``not_stored``. No input file is ever overwritten.
     """
     if output.suffix != ".safetensors":
         raise ConfigError(f"--output {output} must end in .safetensors", "rename the output")
-    settings, _ = resolve_settings(options, cwd=cwd, config_path=config_path, use_config=use_config)
+    settings, config = resolve_settings(
+        options, cwd=cwd, config_path=config_path, use_config=use_config
+    )
     problem = load_problem(settings, trust_pickle=trust_pickle)
     out = output if output.is_absolute() else cwd / output
+    refuse_to_overwrite(out, problem_files(problem, config))
     out_dir = out.parent.resolve()
     if not out_dir.is_dir():
         raise ConfigError(f"folder {out.parent} does not exist", "create it first")
     defaults: dict[str, Any] = {"loss": problem.loss.name}
-    for key in ("model", "data"):
-        if settings[key].value is not None:
-            defaults[key] = _relative(settings[key], out_dir)
-    if problem.loss.name not in BUILTIN_LOSSES:
-        defaults["loss"] = _relative(settings["loss"], out_dir)
+    not_stored: dict[str, str] = {}
+    keys = ["model", "data"] + ([] if problem.loss.name in BUILTIN_LOSSES else ["loss"])
+    for key in keys:
+        if settings[key].value is None:
+            continue
+        stored = _stored(settings[key], out_dir)
+        if stored is None:
+            defaults.pop(key, None)
+            not_stored[key] = (
+                f"{settings[key].value} is code outside {out_dir}; readers pass --{key}"
+            )
+        else:
+            defaults[key] = stored
     kwargs = settings["model_kwargs"]
-    if kwargs.value:
+    if kwargs.value and "model" in defaults:
         defaults["model_kwargs"] = (
             kwargs.value if isinstance(kwargs.value, dict) else parse_model_kwargs(kwargs.value)
         )
@@ -256,4 +276,5 @@ def run_convert(
         written=str(out),
         tensors=problem.key_report.matched,
         metadata=defaults,
+        not_stored=not_stored,
     )

@@ -136,12 +136,17 @@ class InfoResults:
 
 @dataclass(frozen=True)
 class ConvertResults:
-    """Results of ``hesscli convert``: the file written and the defaults stored in it."""
+    """Results of ``hesscli convert``: the file written and the defaults stored in it.
+
+    ``not_stored`` names settings left out of the metadata, with the reason (code outside the
+    output's folder, which readers would refuse to import).
+    """
 
     source: str
     written: str
     tensors: int
     metadata: dict[str, object]
+    not_stored: dict[str, str]
 
 
 @dataclass(frozen=True)
@@ -154,4 +159,6 @@ class Report:
     results: InfoResults | ConvertResults
     cost: Cost
     schema_version: int = SCHEMA_VERSION
-    hesscli_version: str = field(default="")
+    hesscli_version: str = ""
+    #: Every file the run read (not part of the JSON): outputs may never overwrite them.
+    input_files: tuple[str, ...] = field(default=(), repr=False)

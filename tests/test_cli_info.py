@@ -149,19 +149,37 @@ def test_train_mode_changes_dropout_model_loss(cli, samples, monkeypatch):
 
 
 def test_convert_writes_a_self_describing_copy(cli, samples, tmp_path, monkeypatch):
-    monkeypatch.chdir(samples / "digits_cnn")
+    folder = samples / "digits_cnn"
+    monkeypatch.chdir(folder)
     before = tree_digest(samples)
-    out = tmp_path / "out" / "cnn.safetensors"
-    out.parent.mkdir()
-    result = cli("convert", "model.pt", "--output", str(out))
+    result = cli("convert", "model.pt", "--output", "converted.safetensors")
     assert result.exit_code == 0, result.output
-    assert tree_digest(samples) == before
+    after = tree_digest(samples)
+    assert after.pop("digits_cnn/converted.safetensors")
+    assert after == before
+    (folder / "hesscli.toml").unlink()  # the metadata alone must be enough
     monkeypatch.chdir(tmp_path)
-    direct = _json(cli("info", str(out), "--json", "--no-config"))
-    monkeypatch.chdir(samples / "digits_cnn")
-    original = _json(cli("info", "model.pt", "--json"))
+    direct = _json(cli("info", str(folder / "converted.safetensors"), "--json"))
+    monkeypatch.chdir(folder)
+    original = _json(
+        cli("info", "model.pt", "--json", "--model", "model.py:DigitsCNN", "--data", "data.npz")
+    )
     assert direct["results"]["gradient"]["loss"] == original["results"]["gradient"]["loss"]
     assert direct["settings"]["sources"]["model"] == "checkpoint metadata"
+
+
+def test_convert_is_reproducible_and_skips_code_elsewhere(cli, samples, tmp_path, monkeypatch):
+    monkeypatch.chdir(samples / "digits_mlp")
+    (tmp_path / "out").mkdir()
+    outputs = [tmp_path / "out" / "a.safetensors", tmp_path / "out" / "b.safetensors"]
+    for out in outputs:
+        result = cli("convert", "checkpoint.pt", "--output", str(out), "--json")
+        assert result.exit_code == 0, result.output
+    assert outputs[0].read_bytes() == outputs[1].read_bytes()
+    document = json.loads(result.stdout)
+    assert "model" in document["not_stored"]
+    assert "model" not in document["metadata"]
+    assert document["metadata"]["data"].endswith("digits_mlp/data.safetensors")
 
 
 def test_convert_refuses_to_overwrite_its_input(cli, samples, monkeypatch):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -72,10 +73,17 @@ def test_metadata_may_not_name_installed_modules(tmp_path):
         checkpoint_defaults(path)
 
 
-def test_metadata_may_name_local_files(tmp_path):
+def test_metadata_may_name_code_in_its_folder_only(tmp_path):
     path = tmp_path / "ok.safetensors"
-    _with_metadata(path, {"model": "../src/model.py:Net", "data": "data.pt", "loss": "mse"})
-    assert checkpoint_defaults(path)["model"] == "../src/model.py:Net"
+    _with_metadata(path, {"model": "sub/model.py:Net", "data": "../data.pt", "loss": "mse"})
+    assert checkpoint_defaults(path)["model"] == "sub/model.py:Net"
+    _with_metadata(path, {"model": "../src/model.py:Net"})
+    with pytest.raises(CheckpointError, match="a file outside the checkpoint's folder"):
+        checkpoint_defaults(path)
+    stdlib_file = str(Path(json.__file__).parent.parent / "subprocess.py")
+    _with_metadata(path, {"model": f"{stdlib_file}:run", "model_kwargs": {"args": ["true"]}})
+    with pytest.raises(CheckpointError, match="pass --model explicitly"):
+        checkpoint_defaults(path)
 
 
 def test_explicit_config_path_and_missing_checkpoint(tmp_path):

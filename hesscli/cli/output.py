@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console, RenderableType
@@ -17,23 +17,6 @@ from hesscli.results import Report
 def stderr_console() -> Console:
     """Console for progress, notes and warnings (never stdout)."""
     return Console(stderr=True)
-
-
-def check_output_path(output: Path | None, inputs: Iterable[str | Path | None]) -> None:
-    """Refuse an ``--output`` that would overwrite one of the run's input files."""
-    if output is None:
-        return
-    target = output.expanduser().resolve()
-    if target.is_dir():
-        raise ConfigError(f"--output {output} is a directory", "name a file")
-    for item in inputs:
-        if item is None:
-            continue
-        path = Path(item).expanduser()
-        if path.exists() and path.resolve() == target:
-            raise ConfigError(
-                f"--output {output} is one of the input files", "write the result elsewhere"
-            )
 
 
 def emit(

@@ -66,7 +66,7 @@ def loss_and_gradient(
         value = loss_of(params, to_device(part, device=device, dtype=dtype))
         if not torch.isfinite(value):
             raise NumericalError(
-                f"the loss is {float(value)} on samples {first}-{first + part.size - 1}",
+                f"the loss is {float(value.detach())} on samples {first}-{first + part.size - 1}",
                 "check those samples and the checkpoint's weights",
             )
         pieces = torch.autograd.grad(value * weight, list(params.values()), allow_unused=True)

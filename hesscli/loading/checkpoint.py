@@ -415,6 +415,9 @@ def write_safetensors(path: Path, model: nn.Module, defaults: Mapping[str, Any])
     """Write ``model``'s state dict to ``path`` with hesscli defaults in the header.
 
     Tied weights are stored once (``safetensors.torch.save_model``); the loader fills the twin.
+    The file is written beside ``path`` and renamed into place, so a failure never leaves a
+    half-written checkpoint, and the header's metadata keys are sorted so the same model and
+    defaults always give the same bytes.
 
     Args:
         path: Output file.
@@ -423,4 +426,31 @@ def write_safetensors(path: Path, model: nn.Module, defaults: Mapping[str, Any])
             relative to ``path``'s directory so the folder can be moved.
     """
     metadata = {"format": "pt", METADATA_KEY: json.dumps(dict(defaults), sort_keys=True)}
-    save_model(model, str(path), metadata=metadata)
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        save_model(model, str(partial), metadata=metadata)
+        _sort_header_metadata(partial)
+        partial.replace(path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _sort_header_metadata(path: Path) -> None:
+    """Rewrite a safetensors header with its ``__metadata__`` keys sorted.
+
+    safetensors writes metadata in the random order of a Rust ``HashMap`` (safetensors #584).
+    Sorting keeps the header's length, so the tensor offsets stay valid; a header whose layout
+    would not re-serialise byte for byte is left alone.
+    """
+    raw = path.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    text = raw[8 : 8 + length]
+    header = json.loads(text)
+
+    def dump(value: dict[str, Any]) -> bytes:
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode().ljust(length)
+
+    if "__metadata__" not in header or dump(header) != text:
+        return
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    path.write_bytes(raw[:8] + dump(header) + raw[8 + length :])

@@ -16,7 +16,7 @@ from typing import Any
 
 from hesscli.errors import CheckpointError, ConfigError
 from hesscli.loading.checkpoint import read_metadata, sniff_format
-from hesscli.loading.imports import closest, looks_like_spec, parse_spec
+from hesscli.loading.imports import ObjectSpec, closest, looks_like_spec, parse_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -38,7 +38,7 @@ SETTING_TYPES: dict[str, type | tuple[type, ...]] = {
     "curvature": str,
     "train_mode": bool,
 }
-#: Settings whose value names code to import; metadata may only name files beside the checkpoint.
+#: Settings whose value may name code; metadata may only name ``.py`` files in its folder.
 CODE_SETTINGS = ("model", "data", "loss")
 
 OPTION = "option"
@@ -130,9 +130,9 @@ def checkpoint_defaults(path: Path) -> dict[str, Any]:
     """Validated hesscli metadata of a ``.safetensors`` checkpoint; empty for other files.
 
     Metadata travels with files from elsewhere, so a setting that names code (model, data
-    factory, custom loss) must name a ``.py`` file (one already on this disk), never an
-    installed module: a checkpoint cannot make hesscli call ``subprocess:run`` with arguments
-    of its choosing.
+    factory, custom loss) must name a ``.py`` file inside the checkpoint's own folder: the code
+    that ships with the checkpoint. It may not name an installed module or a file elsewhere (an
+    absolute path to ``subprocess.py`` would otherwise let a checkpoint run any command).
     """
     if not path.is_file() or sniff_format(path) != "safetensors":
         return {}
@@ -143,13 +143,21 @@ def checkpoint_defaults(path: Path) -> dict[str, Any]:
         if not isinstance(text, str) or not looks_like_spec(text) or (folder / text).exists():
             continue
         spec = parse_spec(text, base=folder, what=key, error=CheckpointError)
-        if not spec.is_file:
+        if not metadata_may_name(spec, folder):
+            what = (
+                "a file outside the checkpoint's folder" if spec.is_file else "an installed module"
+            )
             raise CheckpointError(
-                f"checkpoint metadata of {path} names {key} {text!r}, an installed module, "
-                "which hesscli will not import on a file's say-so",
+                f"checkpoint metadata of {path} names {key} {text!r}, {what}, whose code hesscli "
+                "will not run on a file's say-so",
                 f"pass --{key} explicitly if you trust it",
             )
     return values
+
+
+def metadata_may_name(spec: ObjectSpec, folder: Path) -> bool:
+    """Whether checkpoint metadata in ``folder`` may name the code ``spec``."""
+    return spec.is_file and Path(spec.target).is_relative_to(folder.resolve())
 
 
 def merge_settings(

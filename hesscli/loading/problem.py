@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from hesscli.errors import CheckpointError, ConfigError, DataError, ModelSpecError
-from hesscli.loading.checkpoint import KeyReport, RawCheckpoint, load_into, read_checkpoint
+from hesscli.loading.checkpoint import (
+    KeyReport,
+    RawCheckpoint,
+    check_finite_state,
+    load_into,
+    read_checkpoint,
+)
 from hesscli.loading.config import (
     DEFAULT,
     ConfigFile,
@@ -26,6 +32,7 @@ from hesscli.loading.config import (
     read_config,
 )
 from hesscli.loading.data import Dataset, apply_model, input_tensors, load_data
+from hesscli.loading.imports import looks_like_spec
 from hesscli.loading.losses import Loss, check_class_range, check_fit, resolve_loss
 from hesscli.loading.model_spec import build_model, parse_model_kwargs
 
@@ -171,6 +178,7 @@ def load_problem(settings: dict[str, Sourced], *, trust_pickle: bool = False) ->
     model, label = _build(settings, raw)
     if raw.module is not None and model is raw.module:
         state = model.state_dict()
+        check_finite_state(state, where=f"pickled model {path.name} weights")
         report = KeyReport(matched=len(state))
     else:
         source = raw if raw.module is None else _as_state(raw)
@@ -187,6 +195,9 @@ def load_problem(settings: dict[str, Sourced], *, trust_pickle: bool = False) ->
         )
     seed = settings["seed"].value
     if seed is not None:
+        if not 0 <= int(seed) < 2**63:
+            name = "--seed" if settings["seed"].source == "option" else "seed"
+            raise ConfigError(f"{name} {seed} is out of range", "use one in [0, 2**63 - 1]")
         torch.manual_seed(int(seed))
     dataset = load_data(data.value, base=data.base, max_samples=settings["max_samples"].value)
     model.eval()
@@ -200,3 +211,24 @@ def _as_state(raw: RawCheckpoint) -> RawCheckpoint:
     return RawCheckpoint(
         raw.path, raw.format, raw.size_bytes, dict(raw.module.state_dict()), raw.container
     )
+
+
+def problem_files(problem: Problem, config: ConfigFile | None) -> tuple[str, ...]:
+    """Every file a problem was read from: checkpoint, data, model and loss code, config."""
+    files = [str(problem.checkpoint.path)]
+    for key in ("data", "model", "loss"):
+        setting = problem.settings[key]
+        if setting.value is None:
+            continue
+        text = str(setting.value)
+        path = Path(text).expanduser()
+        path = path if path.is_absolute() else setting.base / path
+        if path.exists():
+            files.append(str(path))
+        elif looks_like_spec(text):
+            target, _, _ = text.rpartition(":")
+            candidate = Path(target).expanduser()
+            files.append(str(candidate if candidate.is_absolute() else setting.base / candidate))
+    if config is not None:
+        files.append(str(config.path))
+    return tuple(files)

@@ -13,7 +13,8 @@ from rich.console import Console
 
 from hesscli.analysis import run_convert
 from hesscli.cli import options as opt
-from hesscli.cli.output import check_output_path
+from hesscli.cli.output import stderr_console
+from hesscli.loading.guard import refuse_to_overwrite
 from hesscli.results import SCHEMA_VERSION
 
 Destination = Annotated[
@@ -45,7 +46,7 @@ def convert(
     loaded and checked first; paths are stored relative to OUTPUT's folder. CHECKPOINT itself
     is never modified.
     """
-    check_output_path(output, [checkpoint, data, model, config])
+    refuse_to_overwrite(output, [checkpoint, data, model, config])
     settings = {
         "checkpoint": checkpoint,
         "model": model,
@@ -68,5 +69,8 @@ def convert(
     stored = ", ".join(f"{k}={v}" for k, v in sorted(results.metadata.items()))
     Console(file=sys.stdout).print(
         f"wrote {results.written} ({results.tensors} tensors) from {results.source}\n"
-        f"stored defaults: {stored}"
+        f"stored defaults: {stored}",
+        soft_wrap=True,
     )
+    for key, reason in results.not_stored.items():
+        stderr_console().print(f"note: {key} not stored: {reason}", soft_wrap=True)

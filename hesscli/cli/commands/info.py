@@ -6,8 +6,9 @@ from pathlib import Path
 
 from hesscli.analysis import run_info
 from hesscli.cli import options as opt
-from hesscli.cli.output import check_output_path, emit, stderr_console
+from hesscli.cli.output import emit, stderr_console
 from hesscli.cli.render.info_table import info_renderable
+from hesscli.loading.guard import refuse_to_overwrite
 
 
 def info(
@@ -34,7 +35,7 @@ def info(
 
     A sanity check before any curvature run: one forward/backward pass, no Hessian products.
     """
-    check_output_path(output, [checkpoint, data, model, config])
+    refuse_to_overwrite(output, [checkpoint, data, model, config])
     settings = {
         "checkpoint": checkpoint,
         "model": model,
@@ -58,5 +59,5 @@ def info(
             use_config=not no_config,
             trust_pickle=trust_pickle,
         )
-    check_output_path(output, [report.inputs.checkpoint, report.results.data.source])
+    refuse_to_overwrite(output, report.input_files)
     emit(report, as_json=json, output=output, table=info_renderable)

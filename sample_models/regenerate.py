@@ -1,0 +1,381 @@
+"""Rebuild every checkpoint, evaluation batch and config file under ``sample_models/``.
+
+Run ``python sample_models/regenerate.py`` from anywhere (needs scikit-learn for the digits data
+set, which ships with it, so nothing is downloaded). Everything is trained on the CPU in float32
+with fixed seeds, one thread and deterministic algorithms, so two runs on the same machine and
+library versions write byte-identical files. The model classes are imported from each folder's
+``model.py``, so each definition exists once, exactly as hesscli will load it.
+
+Each model gets the files its folder's README entry lists, plus a ``hesscli.toml`` with the
+same defaults that are embedded in its ``.safetensors`` header. ``manifest.json`` records
+parameter counts, the accuracy (or loss) reached on the shipped evaluation batch, and file sizes.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import json
+import sys
+import time
+import zipfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+sys.dont_write_bytecode = True  # keep __pycache__ folders out of the model folders
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from safetensors.torch import load_file, save_file  # noqa: E402
+from torch import nn  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from hesscli.loading.checkpoint import write_safetensors  # noqa: E402
+
+#: Samples held out from the digits data set and shipped as the evaluation batch.
+EVAL_SAMPLES = 256
+#: Seed of the train/evaluation split of the digits data set.
+SPLIT_SEED = 0
+#: Seed of weight initialisation, dropout and mini-batch order.
+TRAIN_SEED = 0
+
+
+def configure_determinism() -> None:
+    """Make CPU training reproducible: one thread, deterministic kernels, float32 default."""
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    torch.set_default_dtype(torch.float32)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch's and numpy's global generators (init, dropout, anything else global)."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+
+
+def load_model_class(folder: str, name: str) -> type[nn.Module]:
+    """Import class ``name`` from ``sample_models/<folder>/model.py`` by file path.
+
+    Loading by path (not as a package) mirrors how hesscli resolves ``model.py:Name``.
+    """
+    path = HERE / folder / "model.py"
+    spec = importlib.util.spec_from_file_location(f"sample_models_{folder}_model", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
+def count_parameters(model: nn.Module) -> tuple[int, int]:
+    """Return ``(all parameters, trainable parameters)`` of ``model``."""
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def write_toml(path: Path, defaults: Mapping[str, Any]) -> None:
+    """Write hesscli defaults as TOML: scalars first, then one ``[table]`` per dict value."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, str):
+            return json.dumps(v)  # a JSON string of printable text is a TOML basic string
+        raise TypeError(f"cannot write {v!r} to TOML")
+
+    lines = [f"# hesscli defaults for this folder; written by {Path(__file__).name}."]
+    lines += [f"{k} = {value(v)}" for k, v in defaults.items() if not isinstance(v, Mapping)]
+    for key, table in defaults.items():
+        if isinstance(table, Mapping):
+            lines += ["", f"[{key}]", *(f"{k} = {value(v)}" for k, v in table.items())]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def write_npz(path: Path, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` in ``np.savez`` layout, but with fixed zip timestamps.
+
+    ``np.savez`` stamps each member with the current time, which would make the file differ
+    from run to run; ``np.load`` reads this file exactly like a ``np.savez`` one.
+    """
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            archive.writestr(info, buffer.getvalue())
+
+
+def check_reload(what: str, saved: object, reloaded: object) -> None:
+    """Fail loudly unless a result recomputed from the written files equals the original."""
+    if saved != reloaded:
+        raise RuntimeError(f"{what}: {reloaded} from the written files, {saved} before saving")
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Sizes in bytes of the files in ``folder``, by name; also makes them world-readable.
+
+    (safetensors creates its files with mode 0600, unlike ``torch.save`` and ``open``.)
+    """
+    files = [p for p in sorted(folder.iterdir()) if p.is_file()]
+    for path in files:
+        path.chmod(0o644)
+    return {p.name: p.stat().st_size for p in files}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor) -> tuple[float, float]:
+    """Return ``(accuracy, mean cross-entropy)`` of ``model`` in eval mode on one batch."""
+    model.eval()
+    logits = model(inputs)
+    accuracy = (logits.argmax(dim=1) == targets).double().mean().item()
+    return accuracy, F.cross_entropy(logits, targets).item()
+
+
+def train_classifier(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int = 64,
+    weight_decay: float = 0.0,
+) -> torch.optim.Optimizer:
+    """Train ``model`` with Adam and cross-entropy on shuffled mini-batches.
+
+    The batch order comes from a seeded generator, so it does not depend on anything else
+    that draws from torch's global generator.
+
+    Returns:
+        The optimizer, whose state is saved with the digits MLP checkpoint.
+    """
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    order = torch.Generator().manual_seed(TRAIN_SEED)
+    for _ in range(epochs):
+        model.train()
+        for batch in torch.randperm(len(targets), generator=order).split(batch_size):
+            loss = F.cross_entropy(model(inputs[batch]), targets[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+    model.eval()
+    return optimizer
+
+
+def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Load the scikit-learn digits, scale pixels to [0, 1] and hold out a stratified batch.
+
+    Returns:
+        ``(train inputs, train targets, eval inputs, eval targets)``; inputs are float32
+        ``(N, 64)``, targets int64 ``(N,)``.
+    """
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as exc:
+        raise SystemExit("regenerate.py needs scikit-learn: pip install scikit-learn") from exc
+    digits = load_digits()
+    x = (digits.data / 16.0).astype(np.float32)
+    y = digits.target.astype(np.int64)
+    x_train, x_eval, y_train, y_eval = train_test_split(
+        x, y, test_size=EVAL_SAMPLES, random_state=SPLIT_SEED, stratify=y
+    )
+    return (
+        torch.from_numpy(x_train),
+        torch.from_numpy(y_train),
+        torch.from_numpy(x_eval),
+        torch.from_numpy(y_eval),
+    )
+
+
+def build_seed_ann(folder: Path) -> dict[str, Any]:
+    """Train the 3 -> 4 -> 5 linear net for 20 SGD steps on its one sample (not converged)."""
+    seed_everything(TRAIN_SEED)
+    model = load_model_class(folder.name, "SeedANN")()
+    inputs = torch.tensor([[1.0, 2.0, 3.0]])
+    targets = torch.tensor([[1.0, 1.0, 5.0, 7.0, 8.0]])
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with torch.no_grad():
+        initial = F.mse_loss(model(inputs), targets).item()
+    for _ in range(20):
+        loss = F.mse_loss(model(inputs), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    with torch.no_grad():
+        final = F.mse_loss(model(inputs), targets).item()
+
+    defaults = {"model": "model.py:SeedANN", "data": "data.pt", "loss": "mse"}
+    write_safetensors(folder / "model.safetensors", model, defaults)
+    torch.save(model.state_dict(), folder / "model.pt")
+    torch.save({"inputs": inputs, "targets": targets}, folder / "data.pt")
+    write_toml(folder / "hesscli.toml", defaults)
+
+    reloaded = load_model_class(folder.name, "SeedANN")()
+    reloaded.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    with torch.no_grad():
+        check_reload("seed_ann", final, F.mse_loss(reloaded(inputs), targets).item())
+    print(f"  mse loss {initial:.4f} -> {final:.4f} after 20 SGD steps")
+    return {"final_loss": final, "eval_loss": final, "eval_samples": 1}
+
+
+def build_digits_mlp(folder: Path) -> dict[str, Any]:
+    """Train the digits MLP (hidden 32, dropout 0.1) and save a training-loop checkpoint."""
+    seed_everything(TRAIN_SEED)
+    x_train, y_train, x_eval, y_eval = digits_split()
+    model_class = load_model_class(folder.name, "DigitsMLP")
+    model = model_class(hidden=32)
+    epochs = 60
+    optimizer = train_classifier(model, x_train, y_train, epochs=epochs, lr=3e-3)
+    accuracy, eval_loss = evaluate(model, x_eval, y_eval)
+
+    defaults = {
+        "model": "model.py:DigitsMLP",
+        "data": "data.safetensors",
+        "loss": "cross_entropy",
+        "model_kwargs": {"hidden": 32},
+    }
+    write_safetensors(folder / "model.safetensors", model, defaults)
+    checkpoint = {
+        "epoch": epochs,
+        "model_state_dict": model.state_dict(),
+        "optimizer_state_dict": optimizer.state_dict(),
+        "accuracy": accuracy,
+    }
+    torch.save(checkpoint, folder / "checkpoint.pt")
+    save_file({"inputs": x_eval, "targets": y_eval}, folder / "data.safetensors")
+    write_toml(folder / "hesscli.toml", defaults)
+
+    reloaded = model_class(hidden=32)
+    loaded = torch.load(folder / "checkpoint.pt", weights_only=True)
+    reloaded.load_state_dict(loaded["model_state_dict"])
+    data = load_file(folder / "data.safetensors")
+    again = evaluate(reloaded, data["inputs"], data["targets"])
+    check_reload("digits_mlp", (accuracy, eval_loss), again)
+    return {"accuracy": accuracy, "eval_loss": eval_loss, "eval_samples": len(y_eval)}
+
+
+def build_digits_cnn(folder: Path) -> dict[str, Any]:
+    """Train the digits CNN (with BatchNorm) on 8x8 images and save a plain state dict."""
+    seed_everything(TRAIN_SEED)
+    x_train, y_train, x_eval, y_eval = digits_split()
+    x_train, x_eval = x_train.reshape(-1, 1, 8, 8), x_eval.reshape(-1, 1, 8, 8)
+    model_class = load_model_class(folder.name, "DigitsCNN")
+    model = model_class()
+    train_classifier(model, x_train, y_train, epochs=40, lr=3e-3)
+    accuracy, eval_loss = evaluate(model, x_eval, y_eval)
+
+    torch.save(model.state_dict(), folder / "model.pt")
+    write_npz(folder / "data.npz", {"inputs": x_eval.numpy(), "targets": y_eval.numpy()})
+    defaults = {"model": "model.py:DigitsCNN", "data": "data.npz", "loss": "cross_entropy"}
+    write_toml(folder / "hesscli.toml", defaults)
+
+    reloaded = model_class()
+    reloaded.load_state_dict(torch.load(folder / "model.pt", weights_only=True))
+    with np.load(folder / "data.npz", allow_pickle=False) as data:
+        inputs, targets = torch.from_numpy(data["inputs"]), torch.from_numpy(data["targets"])
+    check_reload("digits_cnn", (accuracy, eval_loss), evaluate(reloaded, inputs, targets))
+    return {"accuracy": accuracy, "eval_loss": eval_loss, "eval_samples": len(y_eval)}
+
+
+def first_token_repeats(
+    count: int, generator: torch.Generator, *, vocab: int = 12, seq_len: int = 10
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sample uniform token sequences labelled 1 if the first token occurs again later.
+
+    Solving it needs content matching (attention between equal tokens) and position (which
+    token is the first); with 12 tokens and length 10 about 54 % of labels are 1.
+
+    Returns:
+        ``(tokens, labels)``: int64 ``(count, seq_len)`` and int64 ``(count,)``.
+    """
+    tokens = torch.randint(0, vocab, (count, seq_len), generator=generator)
+    labels = (tokens[:, 1:] == tokens[:, :1]).any(dim=1).long()
+    return tokens, labels
+
+
+def build_tiny_transformer(folder: Path) -> dict[str, Any]:
+    """Train the one-block transformer on freshly sampled sequences of the repeat task."""
+    seed_everything(TRAIN_SEED)
+    model_class = load_model_class(folder.name, "TinyTransformer")
+    model = model_class()
+    x_eval, y_eval = first_token_repeats(EVAL_SAMPLES, torch.Generator().manual_seed(1))
+    data = torch.Generator().manual_seed(2)
+    steps = 3000
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    model.train()
+    for _ in range(steps):
+        tokens, labels = first_token_repeats(128, data)
+        loss = F.cross_entropy(model(tokens), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    accuracy, eval_loss = evaluate(model, x_eval, y_eval)
+
+    defaults = {"model": "model.py:TinyTransformer", "data": "data.pt", "loss": "cross_entropy"}
+    write_safetensors(folder / "model.safetensors", model, defaults)
+    torch.save((x_eval, y_eval), folder / "data.pt")
+    write_toml(folder / "hesscli.toml", defaults)
+
+    reloaded = model_class()
+    reloaded.load_state_dict(load_file(folder / "model.safetensors"))
+    inputs, targets = torch.load(folder / "data.pt", weights_only=True)
+    check_reload("tiny_transformer", (accuracy, eval_loss), evaluate(reloaded, inputs, targets))
+    return {"accuracy": accuracy, "eval_loss": eval_loss, "eval_samples": len(y_eval)}
+
+
+BUILDERS: dict[str, tuple[str, Callable[[Path], dict[str, Any]]]] = {
+    "seed_ann": ("SeedANN", build_seed_ann),
+    "digits_mlp": ("DigitsMLP", build_digits_mlp),
+    "digits_cnn": ("DigitsCNN", build_digits_cnn),
+    "tiny_transformer": ("TinyTransformer", build_tiny_transformer),
+}
+
+
+def main() -> None:
+    """Build every model folder, then write ``manifest.json``."""
+    configure_determinism()
+    manifest: dict[str, dict[str, Any]] = {}
+    start = time.perf_counter()
+    for name, (class_name, build) in BUILDERS.items():
+        folder = HERE / name
+        print(f"{name}:")
+        began = time.perf_counter()
+        result = build(folder)
+        model = load_model_class(name, class_name)()
+        total, trainable = count_parameters(model)
+        manifest[name] = {
+            "parameters": total,
+            "trainable_parameters": trainable,
+            **result,
+            "files": file_sizes(folder),
+        }
+        metric = (
+            f"accuracy {result['accuracy']:.2%}"
+            if "accuracy" in result
+            else f"loss {result['final_loss']:.4f}"
+        )
+        print(
+            f"  {total} parameters, {metric}, eval loss {result['eval_loss']:.4f}, "
+            f"{time.perf_counter() - began:.1f} s"
+        )
+    (HERE / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {HERE / 'manifest.json'} in {time.perf_counter() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    main()
