@@ -224,3 +224,37 @@ def test_version_and_help(cli):
         result = cli("info", flag)
         assert result.exit_code == 0
         assert "--max-samples" in result.stdout
+
+
+EXPLICIT = {
+    "seed_ann": ("model.pt", "model.py:SeedANN", "data.pt", "mse"),
+    "digits_mlp": ("checkpoint.pt", "model.py:DigitsMLP", "data.safetensors", "cross_entropy"),
+    "digits_cnn": ("model.pt", "model.py:DigitsCNN", "data.npz", "cross_entropy"),
+    "tiny_transformer": ("model.safetensors", "model.py:TinyTransformer", "data.pt", None),
+}
+
+
+@pytest.mark.parametrize("folder", sorted(EXPLICIT))
+def test_info_with_every_option_explicit(cli, samples, tmp_path, monkeypatch, folder):
+    checkpoint, model, data, loss = EXPLICIT[folder]
+    base = samples / folder
+    monkeypatch.chdir(tmp_path)
+    args = ["info", str(base / checkpoint), "--model", f"{base / model}", "--no-config"]
+    args += ["--data", str(base / data), "--dtype", "float64", "--device", "cpu"]
+    if folder == "digits_mlp":
+        args += ["--model-kwargs", '{"hidden": 32}']
+    if loss is not None:
+        args += ["--loss", loss]
+    table = cli(*args)
+    assert table.exit_code == 0, table.output
+    assert MANIFEST[folder]["parameters"] == int(
+        table.stdout.split(" parameters (")[0].rsplit(" ", 1)[1].replace(",", "")
+    )
+    document = _json(cli(*args, "--json"))
+    sources = document["settings"]["sources"]
+    assert sources["model"] == sources["data"] == "option"
+    assert document["results"]["gradient"]["loss"] == pytest.approx(
+        MANIFEST[folder]["eval_loss"], rel=1e-5
+    )
+    if loss is None:  # --no-config ignores project configs, not the checkpoint's own metadata
+        assert sources["loss"] == "checkpoint metadata"
