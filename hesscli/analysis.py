@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,32 @@ from hesscli.results import (
 )
 
 CURVATURES = ("hessian", "ggn")
+
+
+@dataclass(frozen=True)
+class Request:
+    """Where a run loads its problem from.
+
+    Attributes:
+        options: Command-line settings (``None`` = not given), keyed as in
+            :data:`hesscli.loading.config.SETTING_TYPES`.
+        cwd: Directory relative command-line paths resolve against.
+        config_path: An explicit config file (else one is searched from ``cwd`` upward).
+        use_config: Whether to look for a project config at all.
+        trust_pickle: Allow unpickling a full model (runs code from the checkpoint).
+    """
+
+    options: Mapping[str, Any]
+    cwd: Path
+    config_path: Path | None = None
+    use_config: bool = True
+    trust_pickle: bool = False
+
+    def settings(self) -> tuple[dict[str, Sourced], ConfigFile | None]:
+        """Merge the options with checkpoint metadata, project config and defaults."""
+        return resolve_settings(
+            self.options, cwd=self.cwd, config_path=self.config_path, use_config=self.use_config
+        )
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -113,30 +140,15 @@ def _layer_info(problem: Problem, layers: list[Layer], norms: dict[str, float]) 
     ]
 
 
-def run_info(
-    options: Mapping[str, Any],
-    *,
-    layer_patterns: list[str],
-    cwd: Path,
-    config_path: Path | None = None,
-    use_config: bool = True,
-    trust_pickle: bool = False,
-) -> Report:
+def run_info(request: Request, *, layer_patterns: list[str]) -> Report:
     """Everything ``hesscli info`` reports: model, checkpoint, data, loss and gradient norms.
 
     Args:
-        options: Command-line settings (``None`` = not given), keyed as in
-            :data:`hesscli.loading.config.SETTING_TYPES`.
+        request: Where to load the problem from.
         layer_patterns: ``--layer`` values; empty means every layer.
-        cwd: Directory relative command-line paths resolve against.
-        config_path: An explicit config file (else one is searched from ``cwd`` upward).
-        use_config: Whether to look for a project config at all.
-        trust_pickle: Allow unpickling a full model (runs code from the checkpoint).
     """
     start = time.perf_counter()
-    settings, config = resolve_settings(
-        options, cwd=cwd, config_path=config_path, use_config=use_config
-    )
+    settings, config = request.settings()
     curvature = str(settings["curvature"].value).lower()
     if curvature not in CURVATURES:
         raise ConfigError(
@@ -146,7 +158,7 @@ def run_info(
     _positive(settings["max_samples"], "--max-samples")
     device = resolve_device(str(settings["device"].value))
     dtype = resolve_dtype(str(settings["dtype"].value), device)
-    problem = load_problem(settings, trust_pickle=trust_pickle)
+    problem = load_problem(settings, trust_pickle=request.trust_pickle)
     layers = select_layers(problem.model, layer_patterns)
     all_layers = list_layers(problem.model)
     train_mode = bool(settings["train_mode"].value)
@@ -225,15 +237,7 @@ def _stored(setting: Sourced, out_dir: Path) -> str | None:
     return f"{Path(os.path.relpath(spec.target, out_dir)).as_posix()}:{spec.name}"
 
 
-def run_convert(
-    options: Mapping[str, Any],
-    *,
-    output: Path,
-    cwd: Path,
-    config_path: Path | None = None,
-    use_config: bool = True,
-    trust_pickle: bool = False,
-) -> ConvertResults:
+def run_convert(request: Request, *, output: Path) -> ConvertResults:
     """Write the checkpoint as a ``.safetensors`` that carries its model, data and loss.
 
     The problem is loaded and checked first, so the defaults written are known to work;
@@ -242,11 +246,9 @@ def run_convert(
     """
     if output.suffix != ".safetensors":
         raise ConfigError(f"--output {output} must end in .safetensors", "rename the output")
-    settings, config = resolve_settings(
-        options, cwd=cwd, config_path=config_path, use_config=use_config
-    )
-    problem = load_problem(settings, trust_pickle=trust_pickle)
-    out = output if output.is_absolute() else cwd / output
+    settings, config = request.settings()
+    problem = load_problem(settings, trust_pickle=request.trust_pickle)
+    out = output if output.is_absolute() else request.cwd / output
     refuse_to_overwrite(out, problem_files(problem, config))
     out_dir = out.parent.resolve()
     if not out_dir.is_dir():

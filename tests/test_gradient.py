@@ -36,20 +36,24 @@ def _reference(model: nn.Module, dataset: Dataset) -> tuple[float, float]:
     return loss.item(), norm.item()
 
 
+def _gradient(model: nn.Module, dataset: Dataset, micro_batch: int | None):
+    return loss_and_gradient(
+        model,
+        dataset,
+        BUILTIN_LOSSES["cross_entropy"],
+        layers=list_layers(model),
+        micro_batch=micro_batch,
+        device=CPU,
+        dtype=F64,
+    )
+
+
 @settings(max_examples=25, deadline=None)
 @given(samples=st.integers(1, 23), size=st.integers(1, 30), seed=st.integers(0, 10_000))
 def test_any_micro_batch_split_equals_one_pass(samples, size, seed):
     model, dataset = _problem(samples, seed)
     loss, norm = _reference(model, dataset)
-    result = loss_and_gradient(
-        model,
-        dataset,
-        BUILTIN_LOSSES["cross_entropy"],
-        layers=list_layers(model),
-        micro_batch=size,
-        device=CPU,
-        dtype=F64,
-    )
+    result = _gradient(model, dataset, size)
     assert result.loss == pytest.approx(loss, rel=1e-12)
     assert result.grad_norm == pytest.approx(norm, rel=1e-12)
     assert result.micro_batches == -(-samples // size)
@@ -68,31 +72,14 @@ def test_batches_from_a_factory_are_weighted_by_their_sizes():
     x, y = whole.first.inputs, whole.first.targets
     split = Dataset((Batch(x[:2], y[:2]), Batch(x[2:], y[2:])), "memory", "factory", 9)
     loss, norm = _reference(model, whole)
-    result = loss_and_gradient(
-        model,
-        split,
-        BUILTIN_LOSSES["cross_entropy"],
-        layers=list_layers(model),
-        micro_batch=5,
-        device=CPU,
-        dtype=F64,
-    )
+    result = _gradient(model, split, 5)
     assert result.micro_batches == 3  # 2 | 5 + 2
     assert (result.loss, result.grad_norm) == (pytest.approx(loss), pytest.approx(norm))
 
 
 def test_per_layer_norms_compose_to_the_total():
     model, dataset = _problem(8)
-    layers = list_layers(model)
-    result = loss_and_gradient(
-        model,
-        dataset,
-        BUILTIN_LOSSES["cross_entropy"],
-        layers=layers,
-        micro_batch=None,
-        device=CPU,
-        dtype=F64,
-    )
+    result = _gradient(model, dataset, None)
     squares = sum(v**2 for v in result.layer_grad_norms.values())
     assert squares == pytest.approx(result.grad_norm**2, rel=1e-12)
     assert set(result.layer_grad_norms) == {"0", "2"}
@@ -101,15 +88,7 @@ def test_per_layer_norms_compose_to_the_total():
 def test_frozen_parameters_are_left_out():
     model, dataset = _problem(8)
     model[0].weight.requires_grad_(False)
-    result = loss_and_gradient(
-        model,
-        dataset,
-        BUILTIN_LOSSES["cross_entropy"],
-        layers=list_layers(model),
-        micro_batch=None,
-        device=CPU,
-        dtype=F64,
-    )
+    result = _gradient(model, dataset, None)
     model.zero_grad()
     batch = dataset.first
     nn.functional.cross_entropy(model(batch.inputs), batch.targets).backward()
@@ -123,15 +102,7 @@ def test_non_finite_loss_names_the_samples():
     x[4, 0] = float("nan")
     bad = Dataset((Batch(x, dataset.first.targets),), "memory", "pt", 6)
     with pytest.raises(NumericalError, match=r"the loss is nan on samples 4-5"):
-        loss_and_gradient(
-            model,
-            bad,
-            BUILTIN_LOSSES["cross_entropy"],
-            layers=list_layers(model),
-            micro_batch=2,
-            device=CPU,
-            dtype=F64,
-        )
+        _gradient(model, bad, 2)
 
 
 def test_prepare_model_casts_and_sets_mode():

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+
+from hesscli.analysis import Request
+from hesscli.loading.config import SETTING_TYPES
 
 _INPUT = "Inputs"
 _COMPUTE = "Computation"
@@ -150,3 +154,18 @@ Output = Annotated[
         rich_help_panel=_OUTPUT,
     ),
 ]
+
+
+def request_from(values: Mapping[str, Any]) -> Request:
+    """The load request of a command, from its parameters (pass the command's ``locals()``).
+
+    Parameters named like settings (``model``, ``data``, ``seed``...) become options;
+    ``config``, ``no_config`` and ``trust_pickle`` say how to load.
+    """
+    return Request(
+        options={key: values[key] for key in SETTING_TYPES if key in values},
+        cwd=Path.cwd(),
+        config_path=values.get("config"),
+        use_config=not values.get("no_config", False),
+        trust_pickle=bool(values.get("trust_pickle", False)),
+    )

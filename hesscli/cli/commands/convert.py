@@ -47,21 +47,7 @@ def convert(
     is never modified.
     """
     refuse_to_overwrite(output, [checkpoint, data, model, config])
-    settings = {
-        "checkpoint": checkpoint,
-        "model": model,
-        "model_kwargs": model_kwargs,
-        "data": data,
-        "loss": loss,
-    }
-    results = run_convert(
-        settings,
-        output=output,
-        cwd=Path.cwd(),
-        config_path=config,
-        use_config=not no_config,
-        trust_pickle=trust_pickle,
-    )
+    results = run_convert(opt.request_from(locals()), output=output)
     if json:
         document = {"schema_version": SCHEMA_VERSION, "command": "convert", **asdict(results)}
         sys.stdout.write(jsonlib.dumps(document, indent=2) + "\n")

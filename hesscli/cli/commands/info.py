@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hesscli.analysis import run_info
 from hesscli.cli import options as opt
 from hesscli.cli.output import emit, stderr_console
@@ -36,28 +34,8 @@ def info(
     A sanity check before any curvature run: one forward/backward pass, no Hessian products.
     """
     refuse_to_overwrite(output, [checkpoint, data, model, config])
-    settings = {
-        "checkpoint": checkpoint,
-        "model": model,
-        "model_kwargs": model_kwargs,
-        "data": data,
-        "loss": loss,
-        "max_samples": max_samples,
-        "micro_batch": micro_batch,
-        "curvature": curvature,
-        "device": device,
-        "dtype": dtype,
-        "seed": seed,
-        "train_mode": train_mode,
-    }
+    request = opt.request_from(locals())
     with stderr_console().status("loading and running one forward/backward pass"):
-        report = run_info(
-            settings,
-            layer_patterns=layer or [],
-            cwd=Path.cwd(),
-            config_path=config,
-            use_config=not no_config,
-            trust_pickle=trust_pickle,
-        )
+        report = run_info(request, layer_patterns=layer or [])
     refuse_to_overwrite(output, report.input_files)
     emit(report, as_json=json, output=output, table=info_renderable)
