@@ -21,7 +21,7 @@ from hesscli.loading.checkpoint import write_safetensors
 from hesscli.loading.config import ConfigFile, Sourced, metadata_may_name
 from hesscli.loading.data import Dataset, input_tensors
 from hesscli.loading.guard import refuse_to_overwrite
-from hesscli.loading.imports import looks_like_spec, parse_spec
+from hesscli.loading.imports import absolute_path, looks_like_spec, parse_spec
 from hesscli.loading.losses import BUILTIN_LOSSES
 from hesscli.loading.model_spec import parse_model_kwargs
 from hesscli.loading.problem import Problem, load_problem, problem_files, resolve_settings
@@ -225,8 +225,7 @@ def _stored(setting: Sourced, out_dir: Path) -> str | None:
         metadata would refuse to import (an installed module, or a file outside ``out_dir``).
     """
     text = str(setting.value)
-    path = Path(text).expanduser()
-    path = path if path.is_absolute() else setting.base / path
+    path = absolute_path(text, setting.base)
     if path.exists():
         return Path(os.path.relpath(path.resolve(), out_dir)).as_posix()
     if not looks_like_spec(text):
@@ -248,7 +247,7 @@ def run_convert(request: Request, *, output: Path) -> ConvertResults:
         raise ConfigError(f"--output {output} must end in .safetensors", "rename the output")
     settings, config = request.settings()
     problem = load_problem(settings, trust_pickle=request.trust_pickle)
-    out = output if output.is_absolute() else request.cwd / output
+    out = absolute_path(output, request.cwd)
     refuse_to_overwrite(out, problem_files(problem, config))
     out_dir = out.parent.resolve()
     if not out_dir.is_dir():

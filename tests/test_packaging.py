@@ -24,8 +24,9 @@ def test_readme_has_both_setup_commands():
 
 
 def test_ci_runs_the_readme_test_command():
-    script = (REPO / ".ci" / "run").read_text()
-    assert "<!-- test-command -->" in script and "eval" in script
+    lines = (REPO / ".ci" / "run").read_text().splitlines()
+    command = lines[lines.index("# README test command:") + 1]
+    assert command == _readme_block("test-command")
 
 
 def test_python_dash_m_and_exit_codes():

@@ -17,7 +17,8 @@ from hesscli.cli.commands.convert import convert
 from hesscli.cli.commands.info import info
 from hesscli.errors import HesscliError
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_USAGE = 0, 1, 2
+#: Exit codes: 0 success, 1 a ``check`` threshold failed (curvature commands), 2 bad usage/input.
+EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from hesscli.errors import DataError
-from hesscli.loading.imports import looks_like_spec, parse_spec, resolve_object
+from hesscli.loading.imports import absolute_path, looks_like_spec, parse_spec, resolve_object
 
 INPUT_KEYS = ("inputs", "x", "input", "X", "features")
 TARGET_KEYS = ("targets", "y", "target", "Y", "labels")
@@ -284,8 +284,7 @@ def load_data(spec: str, *, base: Path, max_samples: int | None = None) -> Datas
     """
     if max_samples is not None and max_samples < 1:
         raise DataError(f"--max-samples must be at least 1, got {max_samples}", "pass a count")
-    path = Path(spec).expanduser()
-    path = path if path.is_absolute() else base / path
+    path = absolute_path(spec, base)
     if path.exists() or not looks_like_spec(spec):
         if not path.exists():
             raise DataError(f"data file not found: {path}", "check the --data path")

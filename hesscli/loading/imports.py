@@ -20,6 +20,12 @@ from typing import Any
 from hesscli.errors import HesscliError
 
 
+def absolute_path(text: str | Path, base: Path) -> Path:
+    """``text`` as a path, ``~`` expanded, relative paths taken from ``base``."""
+    path = Path(text).expanduser()
+    return path if path.is_absolute() else base / path
+
+
 @dataclass(frozen=True)
 class ObjectSpec:
     """A parsed ``target:Name`` spec.
@@ -65,10 +71,7 @@ def parse_spec(text: str, *, base: Path, what: str, error: type[HesscliError]) -
         )
     target, _, name = text.rpartition(":")
     if target.endswith(".py") or "/" in target or "\\" in target:
-        path = Path(target).expanduser()
-        if not path.is_absolute():
-            path = base / path
-        return ObjectSpec(str(path.resolve()), name, is_file=True)
+        return ObjectSpec(str(absolute_path(target, base).resolve()), name, is_file=True)
     if not all(part.isidentifier() for part in target.split(".")):
         raise error(
             f"{what} spec {text!r}: {target!r} is neither a .py file nor a module name",

@@ -32,7 +32,7 @@ from hesscli.loading.config import (
     read_config,
 )
 from hesscli.loading.data import Dataset, apply_model, input_tensors, load_data
-from hesscli.loading.imports import looks_like_spec
+from hesscli.loading.imports import absolute_path, looks_like_spec
 from hesscli.loading.losses import Loss, check_class_range, check_fit, resolve_loss
 from hesscli.loading.model_spec import build_model, parse_model_kwargs
 
@@ -86,7 +86,7 @@ def resolve_settings(
     """Merge command-line options with checkpoint metadata, project config and defaults."""
     config = None
     if config_path is not None:
-        path = config_path if config_path.is_absolute() else cwd / config_path
+        path = absolute_path(config_path, cwd)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}", "check the --config path")
         config = read_config(path)
@@ -96,9 +96,9 @@ def resolve_settings(
         config = find_config(cwd)
     checkpoint = options.get("checkpoint")
     if checkpoint is not None:
-        checkpoint_path = _absolute(checkpoint, cwd)
+        checkpoint_path = absolute_path(checkpoint, cwd)
     elif config is not None and "checkpoint" in config.values:
-        checkpoint_path = _absolute(config.values["checkpoint"], config.path.parent)
+        checkpoint_path = absolute_path(config.values["checkpoint"], config.path.parent)
     else:
         raise CheckpointError(
             "no checkpoint given", "pass CHECKPOINT, or set checkpoint in hesscli.toml"
@@ -113,11 +113,6 @@ def resolve_settings(
         defaults=DEFAULTS,
     )
     return settings, config
-
-
-def _absolute(text: str, base: Path) -> Path:
-    path = Path(text).expanduser()
-    return path if path.is_absolute() else base / path
 
 
 def _model_kwargs(setting: Sourced) -> dict[str, Any]:
@@ -221,14 +216,11 @@ def problem_files(problem: Problem, config: ConfigFile | None) -> tuple[str, ...
         if setting.value is None:
             continue
         text = str(setting.value)
-        path = Path(text).expanduser()
-        path = path if path.is_absolute() else setting.base / path
+        path = absolute_path(text, setting.base)
         if path.exists():
             files.append(str(path))
         elif looks_like_spec(text):
-            target, _, _ = text.rpartition(":")
-            candidate = Path(target).expanduser()
-            files.append(str(candidate if candidate.is_absolute() else setting.base / candidate))
+            files.append(str(absolute_path(text.rpartition(":")[0], setting.base)))
     if config is not None:
         files.append(str(config.path))
     return tuple(files)

@@ -5,18 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Group, RenderableType
+from rich.filesize import decimal
 from rich.table import Table
 from rich.text import Text
 
 from hesscli.results import Report
-
-
-def _size(num_bytes: int) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if num_bytes < 1000 or unit == "GB":
-            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
-        num_bytes /= 1000
-    return f"{num_bytes} B"  # pragma: no cover
 
 
 def _shape(shape: list[int]) -> str:
@@ -73,7 +66,7 @@ def _checkpoint(report: Report) -> Table:
         match += ", tied: " + ", ".join(f"{t['key']} = {t['tied_to']}" for t in info.tied)
     rows = [
         ("file", _path(info.path)),
-        ("format", f"{info.format}, {_size(info.size_bytes)}, {info.tensors} tensors"),
+        ("format", f"{info.format}, {decimal(info.size_bytes)}, {info.tensors} tensors"),
         ("keys", match),
     ]
     if info.container:
