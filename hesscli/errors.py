@@ -56,8 +56,16 @@ class LayerError(HesscliError):
 
 
 class NumericalError(HesscliError):
-    """A loss, gradient or weight is NaN or infinite."""
+    """A loss, gradient, product or weight is NaN or infinite, or fails a numerical check."""
 
 
 class DeviceError(HesscliError):
     """The requested device or dtype is not available."""
+
+
+class DifferentiationError(HesscliError):
+    """No differentiation route gives trustworthy second derivatives through the model."""
+
+
+class DeterminismError(HesscliError):
+    """The loss is not a fixed function of the parameters (dropout, training-mode BatchNorm)."""

@@ -6,11 +6,13 @@ treats the dict as overrides, so frozen parameters and buffers stay the module's
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
 from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from hesscli.loading.data import Batch, Dataset, Inputs, map_inputs
 
@@ -64,6 +66,15 @@ def batch_loss(
         return loss_fn(call_model(model, params, batch.inputs), batch.targets)
 
     return loss
+
+
+def math_attention() -> contextlib.AbstractContextManager:
+    """Route ``scaled_dot_product_attention`` to its math kernel.
+
+    The fused kernels (flash, memory-efficient, the CPU flash kernel) have neither forward-mode
+    nor double-backward rules; the math kernel, built from differentiable primitives, has both.
+    """
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 def micro_batches(dataset: Dataset, size: int | None) -> Iterator[tuple[int, Batch, float]]:

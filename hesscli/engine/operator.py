@@ -1,0 +1,324 @@
+"""The curvature operator: C·V over the whole data set, for C = H (Hessian) or the GGN.
+
+This is hesscli's public engine API; the algorithms and the CLI call exactly this. Example, on
+the seed 3→4→5 network (the loss is the mean over all samples, whatever the micro-batching)::
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from hesscli.engine.operator import CurvatureOperator
+    >>> from hesscli.loading.data import Batch, Dataset
+    >>> _ = torch.manual_seed(0)
+    >>> model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 5)).double().eval()
+    >>> x, y = torch.randn(10, 3, dtype=torch.float64), torch.randn(10, 5, dtype=torch.float64)
+    >>> data = Dataset((Batch(x, y),), source="memory", format="memory", available=10)
+    >>> mse = lambda out, t: (out - t).square().mean()
+    >>> op = CurvatureOperator(model, data, mse, micro_batch=3)   # 4 micro-batches: 3+3+3+1
+    >>> H = op.dense()
+    >>> H.shape, bool(torch.allclose(H, H.T))
+    (torch.Size([41, 41]), True)
+    >>> op.route.route in ("forward-over-reverse", "reverse-over-reverse")
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from hesscli.engine.determinism import check_modules, check_repeatable
+from hesscli.engine.functional import (
+    DEFAULT_MICRO_BATCH,
+    Params,
+    math_attention,
+    micro_batches,
+    to_device,
+)
+from hesscli.engine.layout import Block, Layout
+from hesscli.engine.params import list_layers
+from hesscli.engine.products import Apply, LossFn, MicroBatchLoss
+from hesscli.engine.routes import METHODS, REVERSE, RouteReport, build, select_route
+from hesscli.errors import ConfigError, NumericalError
+from hesscli.loading.data import Dataset
+
+KINDS = ("hessian", "ggn")
+#: Columns pushed through ``vmap`` at once by the forward-over-reverse route.
+DEFAULT_CHUNK = 16
+
+
+@dataclass
+class Counters:
+    """Work done so far.
+
+    Attributes:
+        products: Curvature-vector products over the whole data set (one per column; a block
+            product over L layers counts L per column).
+        data_passes: Passes over the data set (a pass may carry many columns).
+        check_products: Extra single-micro-batch products spent checking the route.
+        seconds: Wall time inside the operator.
+    """
+
+    products: int = 0
+    data_passes: int = 0
+    check_products: int = 0
+    seconds: float = 0.0
+
+
+class CurvatureOperator:
+    """C·V for the Hessian or the GGN of the mean loss over all N samples.
+
+    The data set is split into micro-batches of ``micro_batch`` samples (the last may be
+    smaller); micro-batch j contributes its mean-loss product weighted by bⱼ/N, so the result is
+    that of a single pass over all samples whatever the split. Coordinates are the parameters of
+    ``blocks`` (default: every layer's trainable parameters), in block order; the other
+    trainable parameters are held fixed, and buffers and frozen parameters stay the model's own.
+
+    Args:
+        model: The model, already on its device and dtype and in eval (or train) mode.
+        dataset: All evaluation samples.
+        loss_fn: ``loss_fn(outputs, targets)`` → mean loss of a batch.
+        kind: ``"hessian"`` or ``"ggn"`` (Jᵀ H_out J, with J the Jacobian of the outputs).
+        blocks: ``[(name, [parameter names]), ...]``; default: one block per layer.
+        method: ``"auto"`` (check both routes on the first micro-batch, keep the faster one
+            that is right), ``"forward"`` or ``"reverse"`` (forced, still checked).
+        micro_batch: Samples per micro-batch (default 512).
+        chunk_size: Columns per ``vmap`` call of the forward route (bounds its memory).
+        cache_bytes: Memory the reverse route may spend keeping each micro-batch's gradient
+            graph between calls, which makes later products skip the forward pass (default: a
+            quarter of the device's free memory; 0 disables).
+        verify: Check the route on the first micro-batch (turn off only to time a bare route).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        dataset: Dataset,
+        loss_fn: LossFn,
+        *,
+        kind: str = "hessian",
+        blocks: list[tuple[str, list[str]]] | None = None,
+        method: str = "auto",
+        micro_batch: int | None = None,
+        chunk_size: int | None = DEFAULT_CHUNK,
+        cache_bytes: int | None = None,
+        verify: bool = True,
+    ) -> None:
+        if kind not in KINDS:
+            raise ConfigError(f"unknown curvature {kind!r}", "use hessian or ggn")
+        if method not in METHODS:
+            raise ConfigError(f"unknown --hvp-method {method!r}", "use auto, forward or reverse")
+        if micro_batch is not None and micro_batch < 1:
+            raise ConfigError(
+                f"--micro-batch must be at least 1, got {micro_batch}", "pass a positive size"
+            )
+        if not verify and method == "auto":
+            raise ConfigError(
+                "an unverified operator needs a forced method", "pass method='forward' or 'reverse'"
+            )
+        self.model = model
+        self.dataset = dataset
+        self.loss_fn = loss_fn
+        self.kind = kind
+        self.method = method
+        self.micro_batch = micro_batch or DEFAULT_MICRO_BATCH
+        self.chunk_size = chunk_size
+        self.verify = verify
+        trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        if blocks is None:
+            blocks = [
+                (layer.name, [p for p in layer.parameters if p in trainable])
+                for layer in list_layers(model)
+                if layer.trainable
+            ]
+        self.layout = Layout.build({n: tuple(p.shape) for n, p in trainable.items()}, blocks)
+        self._variables = {n: trainable[n] for n in self.layout.names}
+        self._fixed = {n: p for n, p in trainable.items() if n not in self._variables}
+        sample = next(iter(self._variables.values()))
+        self.device, self.dtype = sample.device, sample.dtype
+        self.cache_bytes = _default_cache_bytes(self.device) if cache_bytes is None else cache_bytes
+        self.counters = Counters()
+        self.route: RouteReport | None = None
+        self.graph_bytes = 0
+        self._cache: dict[int, Apply] = {}
+        self._checked = False
+        #: Called as ``progress(done, total)`` after each micro-batch of a pass.
+        self.progress: Callable[[int, int], None] | None = None
+
+    # -- sizes -------------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """P, the number of coordinates (rows of a product)."""
+        return self.layout.size
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(P, P)``, as for a matrix."""
+        return (self.size, self.size)
+
+    @property
+    def blocks(self) -> tuple[Block, ...]:
+        """The layers, each a contiguous row range."""
+        return self.layout.blocks
+
+    @property
+    def num_micro_batches(self) -> int:
+        """Micro-batches per data pass."""
+        return sum(-(-b.size // self.micro_batch) for b in self.dataset.batches)
+
+    # -- products ----------------------------------------------------------------------------
+    def matmat(self, matrix: torch.Tensor) -> torch.Tensor:
+        """C·V for a ``(P, K)`` block of columns (or C·v for a ``(P,)`` vector), one data pass."""
+        columns = self._columns(matrix)
+        result = self._pass(self.layout.unflatten(columns), columns.shape[1])
+        self.counters.products += columns.shape[1]
+        return result if matrix.ndim == 2 else result[:, 0]
+
+    matvec = matmat
+
+    def __matmul__(self, matrix: torch.Tensor) -> torch.Tensor:
+        return self.matmat(matrix)
+
+    def block_matmat(self, matrix: torch.Tensor) -> torch.Tensor:
+        """Block-diagonal product: rows of block l are C_ll·V_l, for every layer l at once.
+
+        One data pass carries L·K columns (column (l, k) is V's column k restricted to block
+        l), so per-layer algorithms pay one pass, not one per layer.
+        """
+        columns = self._columns(matrix)
+        count, blocks = columns.shape[1], self.layout.blocks
+        spread = columns.new_zeros(self.size, len(blocks) * count)
+        for index, block in enumerate(blocks):
+            rows = slice(block.start, block.stop)
+            spread[rows, index * count : (index + 1) * count] = columns[rows]
+        products = self._pass(self.layout.unflatten(spread), spread.shape[1])
+        result = columns.new_zeros(columns.shape)
+        for index, block in enumerate(blocks):
+            rows = slice(block.start, block.stop)
+            result[rows] = products[rows, index * count : (index + 1) * count]
+        self.counters.products += spread.shape[1]
+        return result if matrix.ndim == 2 else result[:, 0]
+
+    def dense(self, *, columns_per_pass: int = 256) -> torch.Tensor:
+        """The whole ``(P, P)`` matrix, column blocks at a time (for small models and tests)."""
+        eye = torch.eye(self.size, device=self.device, dtype=self.dtype)
+        parts = [
+            self.matmat(eye[:, start : start + columns_per_pass])
+            for start in range(0, self.size, columns_per_pass)
+        ]
+        return torch.cat(parts, dim=1)
+
+    def release(self) -> None:
+        """Drop the cached gradient graphs (the next product rebuilds what it needs)."""
+        self._cache.clear()
+        self.graph_bytes = 0
+
+    # -- internals ---------------------------------------------------------------------------
+    def _columns(self, matrix: torch.Tensor) -> torch.Tensor:
+        if matrix.ndim not in (1, 2) or matrix.shape[0] != self.size:
+            raise ValueError(
+                f"expected ({self.size},) or ({self.size}, K), got {tuple(matrix.shape)}"
+            )
+        columns = matrix if matrix.ndim == 2 else matrix[:, None]
+        return columns.to(device=self.device, dtype=self.dtype)
+
+    def _micro_batch_loss(self, part: object) -> MicroBatchLoss:
+        batch = to_device(part, device=self.device, dtype=self.dtype)  # type: ignore[arg-type]
+        return MicroBatchLoss(self.model, self.loss_fn, batch, self._variables, self._fixed)
+
+    def _pass(self, block: Params, count: int) -> Params | torch.Tensor:
+        start = time.perf_counter()
+        total = torch.zeros(self.size, count, device=self.device, dtype=self.dtype)
+        if count == 0:
+            return total
+        batches = self.num_micro_batches
+        with math_attention():
+            for index, (first, part, weight) in enumerate(
+                micro_batches(self.dataset, self.micro_batch)
+            ):
+                product = self._product(index, part, block, batches)
+                flat = self.layout.flatten(product)
+                if not torch.isfinite(flat).all():
+                    raise NumericalError(
+                        f"a {self.kind}-vector product is NaN/Inf on samples {first}-"
+                        f"{first + part.size - 1} (in {self._bad_parameter(flat)})",
+                        "check those samples and the weights; try --dtype float64",
+                    )
+                total.add_(flat, alpha=weight)  # bⱼ/N: the mean over all N samples
+                if self.progress is not None:
+                    self.progress(index + 1, batches)
+        self.counters.data_passes += 1
+        self.counters.seconds += time.perf_counter() - start
+        return total
+
+    def _product(self, index: int, part: object, block: Params, batches: int) -> Params:
+        cached = self._cache.get(index)
+        if cached is not None:
+            return cached(block)
+        mb = self._micro_batch_loss(part)
+        if not self._checked:
+            check_modules(self.model, single_batch=batches == 1)
+            check_repeatable(mb)
+            self._checked = True
+        if self.route is None:
+            return self._first_product(index, mb, block)
+        apply, graph_bytes = build(self.kind, self.route.route, mb, chunk_size=self.chunk_size)
+        self._maybe_cache(index, apply, graph_bytes)
+        return apply(block)
+
+    def _first_product(self, index: int, mb: MicroBatchLoss, block: Params) -> Params:
+        if not self.verify:
+            route = METHODS[self.method]
+            assert route is not None
+            apply, graph_bytes = build(self.kind, route, mb, chunk_size=self.chunk_size)
+            self.route = RouteReport(route, self.method, "as requested, unchecked")
+            self._maybe_cache(index, apply, graph_bytes)
+            return apply(block)
+        apply, product, self.route, graph_bytes = select_route(
+            self.kind, self.method, mb, block, chunk_size=self.chunk_size
+        )
+        columns = next(iter(block.values())).shape[0]
+        self.counters.check_products += columns + (1 if self.route.referee else 0)
+        self._maybe_cache(index, apply, graph_bytes)
+        return product
+
+    def _maybe_cache(self, index: int, apply: Apply, graph_bytes: int) -> None:
+        """Keep a reverse-route closure (it holds the micro-batch's gradient graph) in budget."""
+        if self.route is None or self.route.route != REVERSE:
+            return
+        if self.graph_bytes + graph_bytes <= self.cache_bytes:
+            self._cache[index] = apply
+            self.graph_bytes += graph_bytes
+
+    def _bad_parameter(self, flat: torch.Tensor) -> str:
+        bad = ~torch.isfinite(flat).all(dim=1)
+        names = [s.name for s in self.layout.slots if bad[s.start : s.stop].any()]
+        return ", ".join(names[:4])
+
+    def describe(self) -> dict[str, object]:
+        """Settings and route, for reports."""
+        route = self.route
+        return {
+            "curvature": self.kind,
+            "hvp_method": self.method,
+            "route": route.route if route else None,
+            "route_reason": route.reason if route else None,
+            "micro_batch": self.micro_batch,
+            "micro_batches": self.num_micro_batches,
+            "cached_graphs": len(self._cache),
+        }
+
+
+def _default_cache_bytes(device: torch.device) -> int:
+    """A quarter of the free memory of ``device`` (of physical memory on the CPU)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return free // 4
+    try:
+        pages, page = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 30
+    return pages * page // 4

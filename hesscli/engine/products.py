@@ -1,0 +1,221 @@
+"""Curvature products on one micro-batch: the factories every operator is built from.
+
+A product factory takes the pieces of one micro-batch's mean loss and returns a pure closure
+``apply(V) -> C·V`` for a block of K tangent vectors (a parameter dict whose tensors carry a
+leading K axis). Two routes exist for each curvature kind:
+
+- **forward-over-reverse**: ``jvp`` of ``grad``, vectorised over the K columns with ``vmap``;
+- **reverse-over-reverse** (double backward): the gradient graph is built once per micro-batch
+  and every column costs one more backward pass through it. The graph can be kept and reused
+  by later calls at the same parameters.
+
+Finite differences of first derivatives (:func:`hessian_fd`, :func:`ggn_fd`) are the independent
+referee used when the two routes disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import grad, jvp, vjp, vmap
+
+from hesscli.engine.functional import Params, call_model
+from hesscli.loading.data import Batch
+
+#: ``apply(V)`` maps a block of tangents ``{name: (K, *shape)}`` to the products, same layout.
+Apply = Callable[[Params], Params]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MicroBatchLoss:
+    """One micro-batch's mean loss as a function of the parameters being differentiated.
+
+    Attributes:
+        model: The module (its buffers and frozen parameters stay its own).
+        loss_fn: ``loss_fn(outputs, targets)`` → mean over the batch.
+        batch: The micro-batch, already on the right device and dtype.
+        variables: Parameters the curvature is taken with respect to.
+        fixed: Other trainable parameters, held constant (detached).
+    """
+
+    model: nn.Module
+    loss_fn: LossFn
+    batch: Batch
+    variables: Params
+    fixed: Params
+
+    def outputs(self, variables: Params) -> torch.Tensor:
+        """Model outputs with ``variables`` overriding the module's parameters."""
+        return call_model(self.model, {**self.fixed, **variables}, self.batch.inputs)
+
+    def loss(self, variables: Params) -> torch.Tensor:
+        """Mean loss of the micro-batch."""
+        return self.loss_fn(self.outputs(variables), self.batch.targets)
+
+    def output_loss(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Mean loss as a function of the model outputs alone (for the GGN's H_out)."""
+        return self.loss_fn(outputs, self.batch.targets)
+
+
+def hessian_forward(mb: MicroBatchLoss, *, chunk_size: int | None) -> Apply:
+    """H·V by forward-over-reverse: the jvp of ∇L along each column, vmapped over columns."""
+    gradient = grad(mb.loss)
+
+    def column(v: Params) -> Params:
+        return jvp(gradient, (mb.variables,), (v,))[1]  # d/dt ∇L(θ + t·v) = H·v
+
+    return vmap(column, chunk_size=chunk_size)
+
+
+def hessian_reverse(mb: MicroBatchLoss) -> Apply:
+    """H·V by reverse-over-reverse (double backward).
+
+    g = ∇L(θ) is built once with its graph; each column then costs one backward of ⟨g, v⟩,
+    since H·v = ∇θ⟨∇L(θ), v⟩.
+    """
+    names = list(mb.variables)
+    leaves = [mb.variables[n].detach().requires_grad_(True) for n in names]
+    loss = mb.loss(dict(zip(names, leaves, strict=True)))
+    gradients = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+    # Parameters the loss never touches have zero gradient and zero curvature.
+    live = [i for i, g in enumerate(gradients) if g is not None and g.requires_grad]
+
+    def apply(block: Params) -> Params:
+        count = next(iter(block.values())).shape[0]
+        columns: list[list[torch.Tensor]] = []
+        for k in range(count):
+            if not live:  # a loss linear in every variable has H = 0
+                columns.append([torch.zeros_like(leaf) for leaf in leaves])
+                continue
+            pieces = torch.autograd.grad(
+                [gradients[i] for i in live],
+                [leaves[i] for i in live],
+                grad_outputs=[block[names[i]][k] for i in live],
+                retain_graph=True,
+                allow_unused=True,
+            )
+            column = [torch.zeros_like(leaf) for leaf in leaves]
+            for i, piece in zip(live, pieces, strict=True):
+                if piece is not None:
+                    column[i] = piece
+            columns.append(column)
+        return {n: _stack([c[i] for c in columns], leaves[i]) for i, n in enumerate(names)}
+
+    return apply
+
+
+def ggn_forward(mb: MicroBatchLoss, *, chunk_size: int | None) -> Apply:
+    """GGN·V = Jᵀ H_out J·V with forward mode for J·v, vmapped over columns."""
+    outputs, pullback = vjp(mb.outputs, mb.variables)
+    output_gradient = grad(mb.output_loss)
+
+    def column(v: Params) -> Params:
+        jv = jvp(mb.outputs, (mb.variables,), (v,))[1]  # v → J·v
+        hjv = jvp(output_gradient, (outputs,), (jv,))[1]  # → H_out·J·v
+        return pullback(hjv)[0]  # → Jᵀ·H_out·J·v
+
+    return vmap(column, chunk_size=chunk_size)
+
+
+def ggn_reverse(mb: MicroBatchLoss) -> Apply:
+    """GGN·V = Jᵀ H_out J·V by reverse mode only.
+
+    J·v comes from the double-vjp trick: u ↦ Jᵀu is linear in a dummy u, so the vjp of
+    ``Jᵀu`` with respect to u along v is J·v.
+    """
+    names = list(mb.variables)
+    leaves = [mb.variables[n].detach().requires_grad_(True) for n in names]
+    outputs = mb.outputs(dict(zip(names, leaves, strict=True)))
+    detached = outputs.detach().requires_grad_(True)
+    output_gradient = torch.autograd.grad(mb.output_loss(detached), detached, create_graph=True)[0]
+    dummy = torch.zeros_like(outputs, requires_grad=True)
+    transposed = torch.autograd.grad(
+        outputs, leaves, grad_outputs=dummy, create_graph=True, allow_unused=True
+    )
+    live = [i for i, t in enumerate(transposed) if t is not None and t.requires_grad]
+
+    def apply(block: Params) -> Params:
+        count = next(iter(block.values())).shape[0]
+        columns = []
+        for k in range(count):
+            if not live:  # outputs that do not depend on the variables have J = 0
+                columns.append([torch.zeros_like(leaf) for leaf in leaves])
+                continue
+            (jv,) = torch.autograd.grad(  # v → J·v
+                [transposed[i] for i in live],
+                dummy,
+                grad_outputs=[block[names[i]][k] for i in live],
+                retain_graph=True,
+            )
+            if output_gradient.requires_grad:  # → H_out·J·v
+                (hjv,) = torch.autograd.grad(output_gradient, detached, jv, retain_graph=True)
+            else:  # a loss linear in the outputs has H_out = 0
+                hjv = torch.zeros_like(jv)
+            column = torch.autograd.grad(  # → Jᵀ·H_out·J·v
+                outputs, leaves, grad_outputs=hjv, retain_graph=True, allow_unused=True
+            )
+            columns.append(
+                [
+                    torch.zeros_like(x) if c is None else c
+                    for c, x in zip(column, leaves, strict=True)
+                ]
+            )
+        return {n: _stack([c[i] for c in columns], leaves[i]) for i, n in enumerate(names)}
+
+    return apply
+
+
+def hessian_fd(mb: MicroBatchLoss, v: Params) -> Params:
+    """H·v by central differences of the gradient: (∇L(θ+hv) − ∇L(θ−hv)) / 2h.
+
+    Uses first derivatives only, so it is independent of both second-order routes; its error
+    is O(h²) truncation plus O(ε/h) round-off, with h balancing the two.
+    """
+    step = _fd_step(mb.variables, v)
+    plus = _gradient(mb.loss, _shift(mb.variables, v, step))
+    minus = _gradient(mb.loss, _shift(mb.variables, v, -step))
+    return {n: (plus[n] - minus[n]) / (2 * step) for n in mb.variables}
+
+
+def ggn_fd(mb: MicroBatchLoss, v: Params) -> Params:
+    """GGN·v by central differences, using first derivatives only.
+
+    J·v from the outputs at θ±hv, H_out·(J·v) from the output gradients at f±h'·Jv, then the
+    vjp Jᵀ(·).
+    """
+    step = _fd_step(mb.variables, v)
+    with torch.no_grad():
+        jv = mb.outputs(_shift(mb.variables, v, step)) - mb.outputs(_shift(mb.variables, v, -step))
+        jv = jv / (2 * step)
+    outputs, pullback = vjp(mb.outputs, mb.variables)
+    out_step = _fd_step({"o": outputs}, {"o": jv})
+    plus = grad(mb.output_loss)(outputs + out_step * jv)
+    minus = grad(mb.output_loss)(outputs - out_step * jv)
+    return pullback((plus - minus) / (2 * out_step))[0]
+
+
+def _gradient(loss: Callable[[Params], torch.Tensor], at: Params) -> Params:
+    return grad(loss)(at)
+
+
+def _shift(params: Params, v: Params, step: float) -> Params:
+    return {n: params[n] + step * v[n] for n in params}
+
+
+def _fd_step(params: Params, v: Params) -> float:
+    """The step h = ε^(1/3)·max(1, ‖θ‖)/‖v‖, balancing truncation against round-off."""
+    sample = next(iter(params.values()))
+    eps = torch.finfo(sample.dtype).eps
+    theta = torch.sqrt(sum(p.double().square().sum() for p in params.values()))
+    norm = torch.sqrt(sum(t.double().square().sum() for t in v.values()))
+    return float(eps ** (1 / 3) * max(1.0, float(theta)) / max(float(norm), 1e-30))
+
+
+def _stack(columns: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+    if not columns:
+        return like.new_zeros((0, *like.shape))
+    return torch.stack(columns)

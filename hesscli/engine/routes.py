@@ -1,0 +1,273 @@
+"""Choosing, and checking, the differentiation route on the first micro-batch.
+
+Forward-mode rules are missing for some operators and silently wrong for others (``layer_norm``
+in some compositions, pytorch #196700), while double backward is missing for some fused kernels.
+So the first micro-batch's products are computed by **both** routes: when they agree, the faster
+one is kept (or the one the user asked for); when they disagree, central finite differences of
+first derivatives referee, and the route that agrees with them is used. Either way the outcome is
+reported, so no number is silently wrong.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch.func import grad, jvp, vmap
+
+from hesscli.engine.functional import Params
+from hesscli.engine.products import (
+    Apply,
+    MicroBatchLoss,
+    ggn_fd,
+    ggn_forward,
+    ggn_reverse,
+    hessian_fd,
+    hessian_forward,
+    hessian_reverse,
+)
+from hesscli.errors import DifferentiationError, NumericalError
+
+FORWARD = "forward-over-reverse"
+REVERSE = "reverse-over-reverse"
+#: User-facing names of ``--hvp-method`` and the route each one forces.
+METHODS = {"auto": None, "forward": FORWARD, "reverse": REVERSE}
+
+
+@dataclass(frozen=True)
+class RouteReport:
+    """Which route computes the products, and the evidence for it.
+
+    Attributes:
+        route: ``forward-over-reverse`` or ``reverse-over-reverse``.
+        requested: The ``--hvp-method`` asked for (``auto``, ``forward``, ``reverse``).
+        reason: One sentence a user can read.
+        difference: Worst per-parameter relative difference between the two routes on the
+            first micro-batch (``None`` when only one route could run).
+        referee: Worst relative error of each route against finite differences, when the
+            routes disagreed or only one could run.
+        seconds: Time each route took on the first micro-batch.
+    """
+
+    route: str
+    requested: str
+    reason: str
+    difference: float | None = None
+    referee: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def build(
+    kind: str, route: str, mb: MicroBatchLoss, *, chunk_size: int | None
+) -> tuple[Apply, int]:
+    """The product closure of ``kind`` (``hessian``/``ggn``) by ``route`` on one micro-batch.
+
+    Returns:
+        The closure, and for the reverse route the bytes its retained gradient graph holds
+        (what caching it costs); 0 for the forward route, which retains nothing.
+    """
+    if route == FORWARD:
+        factory = hessian_forward if kind == "hessian" else ggn_forward
+        return factory(mb, chunk_size=chunk_size), 0
+    with SavedBytes() as saved:  # torch.func refuses saved-tensor hooks: reverse route only
+        apply = hessian_reverse(mb) if kind == "hessian" else ggn_reverse(mb)
+    return apply, saved.total
+
+
+class SavedBytes(contextlib.AbstractContextManager):
+    """Bytes of the tensors autograd saves while the context is open (distinct storages)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._seen: set[int] = set()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = tensor.untyped_storage()
+            key = storage.data_ptr()
+            if key not in self._seen:
+                self._seen.add(key)
+                self.total += storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # tensors without storage (functorch)
+            pass
+        return tensor
+
+    def __enter__(self) -> SavedBytes:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def agreement_tolerance(dtype: torch.dtype) -> float:
+    """Relative difference two exact routes may show from round-off alone: √ε."""
+    return float(torch.finfo(dtype).eps) ** 0.5
+
+
+def referee_tolerance(dtype: torch.dtype) -> float:
+    """Relative error finite differences may show on a smooth loss: 10⁴·ε^(2/3)."""
+    return 1e4 * float(torch.finfo(dtype).eps) ** (2 / 3)
+
+
+def relative_difference(a: Params, b: Params) -> tuple[float, str]:
+    """Worst per-parameter ‖a−b‖/(‖b‖ + √ε‖b‖_all), and the parameter where it occurs.
+
+    Per-parameter, so that a wrong block in a small tensor (a LayerNorm weight among millions
+    of parameters) is not averaged away; the floor keeps near-zero blocks from dominating.
+    """
+    total = torch.sqrt(sum(t.double().square().sum() for t in b.values()))
+    floor = agreement_tolerance(next(iter(b.values())).dtype) * float(total)
+    worst, where = 0.0, ""
+    for name in b:
+        gap = float(torch.linalg.vector_norm((a[name] - b[name]).double()))
+        scale = float(torch.linalg.vector_norm(b[name].double())) + floor
+        value = gap / scale if scale > 0 else (0.0 if gap == 0 else float("inf"))
+        if value > worst or not where:
+            worst, where = value, name
+    return worst, where
+
+
+@dataclass
+class _Attempt:
+    route: str
+    apply: Apply | None = None
+    product: Params | None = None
+    seconds: float = 0.0
+    error: str = ""
+    graph_bytes: int = 0
+
+
+@functools.cache
+def _warm_up() -> None:
+    """Run a tiny vmapped jvp-of-grad once per process.
+
+    torch.func's one-time set-up (about a second) should not be billed to the forward route
+    when the two routes are timed against each other.
+    """
+    vmap(lambda v: jvp(grad(lambda x: (x * x).sum()), (torch.ones(2),), (v,))[1])(torch.eye(2))
+
+
+def _attempt(
+    kind: str, route: str, mb: MicroBatchLoss, block: Params, chunk: int | None
+) -> _Attempt:
+    start = time.perf_counter()
+    try:
+        apply, graph_bytes = build(kind, route, mb, chunk_size=chunk)
+        product = apply(block)
+    except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return _Attempt(route, error=text[:300])
+    return _Attempt(route, apply, product, time.perf_counter() - start, "", graph_bytes)
+
+
+def _first_column(block: Params) -> Params:
+    return {n: t[0] for n, t in block.items()}
+
+
+def _referee(
+    kind: str, mb: MicroBatchLoss, block: Params, attempts: list[_Attempt]
+) -> dict[str, float]:
+    """Each route's worst relative error on the first column against finite differences."""
+    reference = (hessian_fd if kind == "hessian" else ggn_fd)(mb, _first_column(block))
+    return {
+        a.route: relative_difference(_first_column(a.product), reference)[0]
+        for a in attempts
+        if a.product is not None
+    }
+
+
+def select_route(
+    kind: str, requested: str, mb: MicroBatchLoss, block: Params, *, chunk_size: int | None
+) -> tuple[Apply, Params, RouteReport, int]:
+    """Compute the first micro-batch's products by both routes and keep the right one.
+
+    Returns:
+        The chosen route's closure for this micro-batch, its products on ``block`` (so the
+        work is not repeated), the report, and the bytes of the closure's retained graph.
+
+    Raises:
+        DifferentiationError: when no route can differentiate the model twice, or the route the
+            user forced cannot.
+        NumericalError: when the forced route disagrees with finite differences, or the only
+            available route does.
+    """
+    forced = METHODS[requested]
+    _warm_up()
+    attempts = [_attempt(kind, r, mb, block, chunk_size) for r in (FORWARD, REVERSE)]
+    ok = [a for a in attempts if a.error == ""]
+    seconds = {a.route: a.seconds for a in ok}
+    if not ok:
+        raise DifferentiationError(
+            "the model cannot be differentiated twice: "
+            + "; ".join(f"{a.route} failed with {a.error!r}" for a in attempts),
+            "replace the operator named in the message (e.g. a fused kernel) by a plain "
+            "PyTorch one, or use --dtype float64 on the CPU",
+        )
+    if len(ok) == 1:
+        (only,) = ok
+        (failed,) = [a for a in attempts if a.error]
+        if forced is not None and forced != only.route:
+            raise DifferentiationError(
+                f"--hvp-method {requested} is unavailable for this model: {failed.error}",
+                "use --hvp-method auto (it falls back to the route that works)",
+            )
+        referee = _referee(kind, mb, block, ok)
+        if referee[only.route] > referee_tolerance(_dtype(block)):
+            raise NumericalError(
+                f"{only.route} (the only available route; {failed.route} failed with "
+                f"{failed.error!r}) disagrees with finite differences by "
+                f"{referee[only.route]:.1e}",
+                "use --dtype float64, or replace the operator named in the message",
+            )
+        reason = (
+            f"{failed.route} is unavailable ({failed.error}); checked against finite differences"
+        )
+        assert only.apply is not None
+        assert only.product is not None
+        report = RouteReport(only.route, requested, reason, None, referee, seconds)
+        return only.apply, only.product, report, only.graph_bytes
+    forward, reverse = attempts
+    assert forward.product is not None
+    assert reverse.product is not None
+    difference, where = relative_difference(forward.product, reverse.product)
+    tolerance = agreement_tolerance(_dtype(block))
+    if difference <= tolerance:
+        chosen = _by_name(attempts, forced) if forced else min(attempts, key=lambda a: a.seconds)
+        reason = f"both routes agree to {difference:.1e} on the first micro-batch; " + (
+            "as requested" if forced else f"{chosen.route} was faster there"
+        )
+        referee: dict[str, float] = {}
+    else:
+        referee = _referee(kind, mb, block, attempts)
+        winner = min(attempts, key=lambda a: referee[a.route])
+        loser = reverse if winner is forward else forward
+        if forced is not None and forced != winner.route:
+            raise NumericalError(
+                f"{forced} products are wrong for this model: they differ from "
+                f"{winner.route} by {difference:.1e} (worst in {where}) and from finite "
+                f"differences by {referee[forced]:.1e}",
+                f"use --hvp-method auto (it uses {winner.route} here)",
+            )
+        chosen = winner
+        reason = (
+            f"the routes disagree by {difference:.1e} (worst in {where}); finite differences "
+            f"side with {winner.route} ({referee[winner.route]:.1e} vs "
+            f"{referee[loser.route]:.1e}), so {loser.route} is not used"
+        )
+    assert chosen.apply is not None
+    assert chosen.product is not None
+    report = RouteReport(chosen.route, requested, reason, difference, referee, seconds)
+    return chosen.apply, chosen.product, report, chosen.graph_bytes
+
+
+def _by_name(attempts: list[_Attempt], route: str) -> _Attempt:
+    return next(a for a in attempts if a.route == route)
+
+
+def _dtype(block: Params) -> torch.dtype:
+    return next(iter(block.values())).dtype
