@@ -46,6 +46,7 @@ from hesscli.errors import ConfigError, NumericalError
 from hesscli.loading.data import Dataset
 
 KINDS = ("hessian", "ggn")
+REDUCTIONS = ("mean", "sum")
 #: Columns pushed through ``vmap`` at once by the forward-over-reverse route.
 DEFAULT_CHUNK = 16
 
@@ -82,6 +83,9 @@ class CurvatureOperator:
         dataset: All evaluation samples.
         loss_fn: ``loss_fn(outputs, targets)`` → mean loss of a batch.
         kind: ``"hessian"`` or ``"ggn"`` (Jᵀ H_out J, with J the Jacobian of the outputs).
+        reduction: What ``loss_fn`` returns: ``"mean"`` (the default, hesscli's contract;
+            micro-batches are weighted bⱼ/N) or ``"sum"`` over the batch (the curvature is then
+            that of the summed loss, and micro-batches add up with weight 1).
         blocks: ``[(name, [parameter names]), ...]``; default: one block per layer.
         method: ``"auto"`` (check both routes on the first micro-batch, keep the faster one
             that is right), ``"forward"`` or ``"reverse"`` (forced, still checked).
@@ -100,6 +104,7 @@ class CurvatureOperator:
         loss_fn: LossFn,
         *,
         kind: str = "hessian",
+        reduction: str = "mean",
         blocks: list[tuple[str, list[str]]] | None = None,
         method: str = "auto",
         micro_batch: int | None = None,
@@ -109,6 +114,8 @@ class CurvatureOperator:
     ) -> None:
         if kind not in KINDS:
             raise ConfigError(f"unknown curvature {kind!r}", "use hessian or ggn")
+        if reduction not in REDUCTIONS:
+            raise ConfigError(f"unknown reduction {reduction!r}", "use mean or sum")
         if method not in METHODS:
             raise ConfigError(f"unknown --hvp-method {method!r}", "use auto, forward or reverse")
         if micro_batch is not None and micro_batch < 1:
@@ -123,6 +130,7 @@ class CurvatureOperator:
         self.dataset = dataset
         self.loss_fn = loss_fn
         self.kind = kind
+        self.reduction = reduction
         self.method = method
         self.micro_batch = micro_batch or DEFAULT_MICRO_BATCH
         self.chunk_size = chunk_size
@@ -247,7 +255,8 @@ class CurvatureOperator:
                         f"{first + part.size - 1} (in {self._bad_parameter(flat)})",
                         "check those samples and the weights; try --dtype float64",
                     )
-                total.add_(flat, alpha=weight)  # bⱼ/N: the mean over all N samples
+                # Mean: weight bⱼ/N, so the sum is the mean over all N samples; sum: weight 1.
+                total.add_(flat, alpha=weight if self.reduction == "mean" else 1.0)
                 if self.progress is not None:
                     self.progress(index + 1, batches)
         self.counters.data_passes += 1

@@ -26,6 +26,13 @@ def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return (outputs - targets).square().mean()
 
 
+def _huber(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # Written out (δ = 1) rather than F.huber_loss, whose backward has no forward-mode rule,
+    # so that the forward-over-reverse route is available.
+    error = (outputs - targets).abs()
+    return torch.where(error < 1.0, 0.5 * error.square(), error - 0.5).mean()
+
+
 def _bce_with_logits(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(outputs, targets.to(outputs.dtype))
 
@@ -35,7 +42,7 @@ BUILTIN_LOSSES: dict[str, LossFn] = {
     "mse": _mse,
     "nll": F.nll_loss,
     "bce_with_logits": _bce_with_logits,
-    "huber": F.huber_loss,
+    "huber": _huber,
 }
 _ALIASES = {"ce": "cross_entropy", "crossentropy": "cross_entropy", "bce": "bce_with_logits"}
 
