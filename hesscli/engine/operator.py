@@ -289,8 +289,7 @@ class CurvatureOperator:
         apply, product, self.route, graph_bytes = select_route(
             self.kind, self.method, mb, block, chunk_size=self.chunk_size
         )
-        columns = next(iter(block.values())).shape[0]
-        self.counters.check_products += columns + (1 if self.route.referee else 0)
+        self.counters.check_products += self.route.check_products
         self._maybe_cache(index, apply, graph_bytes)
         return product
 

@@ -50,6 +50,9 @@ class RouteReport:
         referee: Worst relative error of each route against finite differences, when the
             routes disagreed or only one could run.
         seconds: Time each route took on the first micro-batch.
+        symmetry: |uᵀCv − vᵀCu| relative to ‖C‖ for the kept route (see
+            :func:`symmetry_defect`).
+        check_products: Single-micro-batch products the check spent beyond the requested ones.
     """
 
     route: str
@@ -58,6 +61,8 @@ class RouteReport:
     difference: float | None = None
     referee: dict[str, float] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    symmetry: float = 0.0
+    check_products: int = 0
 
 
 def build(
@@ -109,11 +114,6 @@ def agreement_tolerance(dtype: torch.dtype) -> float:
     return float(torch.finfo(dtype).eps) ** 0.5
 
 
-def referee_tolerance(dtype: torch.dtype) -> float:
-    """Relative error finite differences may show on a smooth loss: 10⁴·ε^(2/3)."""
-    return 1e4 * float(torch.finfo(dtype).eps) ** (2 / 3)
-
-
 def relative_difference(a: Params, b: Params) -> tuple[float, str]:
     """Worst per-parameter ‖a−b‖/(‖b‖ + √ε‖b‖_all), and the parameter where it occurs.
 
@@ -130,6 +130,25 @@ def relative_difference(a: Params, b: Params) -> tuple[float, str]:
         if value > worst or not where:
             worst, where = value, name
     return worst, where
+
+
+def symmetry_defect(block: Params, product: Params) -> float:
+    """|uᵀ(Cv) − vᵀ(Cu)| relative to ‖C‖, from two random columns u, v and their products.
+
+    Exact curvature is symmetric, whatever the model (ReLU kinks included), so this catches
+    what agreement between the routes cannot: both routes wrong together, as when a custom
+    ``autograd.Function`` backward is ``once_differentiable`` and torch silently drops its
+    second derivative. Dot products are taken in float64; for random u, v the value is about
+    ‖C − Cᵀ‖_F/‖C‖_F.
+    """
+    u = torch.cat([t[0].reshape(-1) for t in block.values()]).double()
+    v = torch.cat([t[1].reshape(-1) for t in block.values()]).double()
+    cu = torch.cat([t[0].reshape(-1) for t in product.values()]).double()
+    cv = torch.cat([t[1].reshape(-1) for t in product.values()]).double()
+    rms = float(torch.sqrt(u.norm() * v.norm() / u.numel()))
+    scale = float(torch.sqrt(cu.norm() ** 2 + cv.norm() ** 2)) * rms
+    gap = abs(float(u @ cv) - float(v @ cu))
+    return gap / scale if scale > 0 else 0.0
 
 
 @dataclass
@@ -186,6 +205,9 @@ def select_route(
 ) -> tuple[Apply, Params, RouteReport, int]:
     """Compute the first micro-batch's products by both routes and keep the right one.
 
+    Checks, in order: each route runs (else the other is used); the routes agree (else finite
+    differences referee); the kept route's products are symmetric (else both are wrong).
+
     Returns:
         The chosen route's closure for this micro-batch, its products on ``block`` (so the
         work is not repeated), the report, and the bytes of the closure's retained graph.
@@ -193,76 +215,134 @@ def select_route(
     Raises:
         DifferentiationError: when no route can differentiate the model twice, or the route the
             user forced cannot.
-        NumericalError: when the forced route disagrees with finite differences, or the only
-            available route does.
+        NumericalError: when the forced route is the wrong one, or the curvature the routes
+            give is not symmetric.
     """
     forced = METHODS[requested]
     _warm_up()
-    attempts = [_attempt(kind, r, mb, block, chunk_size) for r in (FORWARD, REVERSE)]
+    count = next(iter(block.values())).shape[0]
+    probe = _with_probes(block)
+    attempts = [_attempt(kind, r, mb, probe, chunk_size) for r in (FORWARD, REVERSE)]
     ok = [a for a in attempts if a.error == ""]
     seconds = {a.route: a.seconds for a in ok}
+    difference: float | None = None
+    referee: dict[str, float] = {}
     if not ok:
         raise DifferentiationError(
             "the model cannot be differentiated twice: "
             + "; ".join(f"{a.route} failed with {a.error!r}" for a in attempts),
             "replace the operator named in the message (e.g. a fused kernel) by a plain "
-            "PyTorch one, or use --dtype float64 on the CPU",
+            "PyTorch one",
         )
     if len(ok) == 1:
-        (only,) = ok
+        (chosen,) = ok
         (failed,) = [a for a in attempts if a.error]
-        if forced is not None and forced != only.route:
+        if forced is not None and forced != chosen.route:
             raise DifferentiationError(
                 f"--hvp-method {requested} is unavailable for this model: {failed.error}",
                 "use --hvp-method auto (it falls back to the route that works)",
             )
-        referee = _referee(kind, mb, block, ok)
-        if referee[only.route] > referee_tolerance(_dtype(block)):
-            raise NumericalError(
-                f"{only.route} (the only available route; {failed.route} failed with "
-                f"{failed.error!r}) disagrees with finite differences by "
-                f"{referee[only.route]:.1e}",
-                "use --dtype float64, or replace the operator named in the message",
-            )
-        reason = (
-            f"{failed.route} is unavailable ({failed.error}); checked against finite differences"
-        )
-        assert only.apply is not None
-        assert only.product is not None
-        report = RouteReport(only.route, requested, reason, None, referee, seconds)
-        return only.apply, only.product, report, only.graph_bytes
-    forward, reverse = attempts
-    assert forward.product is not None
-    assert reverse.product is not None
-    difference, where = relative_difference(forward.product, reverse.product)
-    tolerance = agreement_tolerance(_dtype(block))
-    if difference <= tolerance:
-        chosen = _by_name(attempts, forced) if forced else min(attempts, key=lambda a: a.seconds)
-        reason = f"both routes agree to {difference:.1e} on the first micro-batch; " + (
-            "as requested" if forced else f"{chosen.route} was faster there"
-        )
-        referee: dict[str, float] = {}
+        if chosen.route == FORWARD:  # for the record: double backward is the reference
+            referee = _referee(kind, mb, probe, ok)
+        reason = f"{failed.route} is unavailable ({failed.error})"
+    elif not all(_finite(a.product) for a in attempts if a.product is not None):
+        # NaN/Inf curvature: the operator reports where the products blew up.
+        chosen = _by_name(attempts, forced or REVERSE)
+        reason = "products are not finite"
     else:
-        referee = _referee(kind, mb, block, attempts)
-        winner = min(attempts, key=lambda a: referee[a.route])
-        loser = reverse if winner is forward else forward
-        if forced is not None and forced != winner.route:
-            raise NumericalError(
-                f"{forced} products are wrong for this model: they differ from "
-                f"{winner.route} by {difference:.1e} (worst in {where}) and from finite "
-                f"differences by {referee[forced]:.1e}",
-                f"use --hvp-method auto (it uses {winner.route} here)",
+        forward, reverse = attempts
+        assert forward.product is not None
+        assert reverse.product is not None
+        difference, where = relative_difference(forward.product, reverse.product)
+        if difference <= agreement_tolerance(_dtype(block)):
+            chosen = _by_name(attempts, forced) if forced else min(attempts, key=_seconds)
+            reason = f"both routes agree to {difference:.1e} on the first micro-batch; " + (
+                "as requested" if forced else f"{chosen.route} was faster there"
             )
-        chosen = winner
-        reason = (
-            f"the routes disagree by {difference:.1e} (worst in {where}); finite differences "
-            f"side with {winner.route} ({referee[winner.route]:.1e} vs "
-            f"{referee[loser.route]:.1e}), so {loser.route} is not used"
-        )
+        else:
+            referee = _referee(kind, mb, probe, attempts)
+            chosen = min(attempts, key=lambda a: referee[a.route])
+            loser = reverse if chosen is forward else forward
+            if forced is not None and forced != chosen.route:
+                raise NumericalError(
+                    f"{forced} products are wrong for this model: they differ from "
+                    f"{chosen.route} by {difference:.1e} (worst in {where}) and from finite "
+                    f"differences by {referee[forced]:.1e}",
+                    f"use --hvp-method auto (it uses {chosen.route} here)",
+                )
+            reason = (
+                f"the routes disagree by {difference:.1e} (worst in {where}); finite "
+                f"differences side with {chosen.route} ({referee[chosen.route]:.1e} vs "
+                f"{referee[loser.route]:.1e}), so {loser.route} is not used"
+            )
     assert chosen.apply is not None
     assert chosen.product is not None
-    report = RouteReport(chosen.route, requested, reason, difference, referee, seconds)
-    return chosen.apply, chosen.product, report, chosen.graph_bytes
+    symmetry = symmetry_defect(_probes_only(probe, count), _probes_only(chosen.product, count))
+    if symmetry > 10 * agreement_tolerance(_dtype(block)):
+        raise NumericalError(
+            f"the {kind} that {chosen.route} computes is not symmetric (defect {symmetry:.1e}"
+            " on the first micro-batch), so torch drops part of the second derivatives: some "
+            "operator's backward is not differentiable (e.g. a custom autograd.Function "
+            "marked @once_differentiable)",
+            "make that backward differentiable, or compute with plain PyTorch operations",
+        )
+    product = {n: t[:count] for n, t in chosen.product.items()}
+    report = RouteReport(
+        chosen.route,
+        requested,
+        reason,
+        difference,
+        referee,
+        seconds,
+        symmetry,
+        probe_columns(count),
+    )
+    return chosen.apply, product, report, chosen.graph_bytes
+
+
+def probe_columns(count: int) -> int:
+    """Single-micro-batch products the check spends beyond the ``count`` requested.
+
+    The second route's products on the same columns, and two random probe columns for the
+    symmetry check on each route.
+    """
+    return count + 2 * _PROBES
+
+
+#: Random columns appended on the first micro-batch for the symmetry check.
+_PROBES = 2
+
+
+def _with_probes(block: Params) -> Params:
+    """``block`` with ``_PROBES`` fixed pseudo-random columns appended.
+
+    Random (not the caller's) vectors, because structured ones such as identity columns can
+    miss an asymmetry entirely.
+    """
+    generator = torch.Generator().manual_seed(0)
+    return {
+        n: torch.cat(
+            [
+                t,
+                torch.randn((_PROBES, *t.shape[1:]), generator=generator, dtype=t.dtype).to(
+                    t.device
+                ),
+            ]
+        )
+        for n, t in block.items()
+    }
+
+
+def _probes_only(block: Params, count: int) -> Params:
+    return {n: t[count:] for n, t in block.items()}
+
+
+def _seconds(attempt: _Attempt) -> float:
+    return attempt.seconds
+
+
+def _finite(product: Params) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in product.values())
 
 
 def _by_name(attempts: list[_Attempt], route: str) -> _Attempt:
