@@ -18,7 +18,7 @@ from hesscli.loading.losses import BUILTIN_LOSSES
 from tests.conftest import SAMPLES
 
 sys.path.insert(0, str(SAMPLES / "tiny_transformer"))
-from model import TinyTransformer  # noqa: E402
+from model import TinyTransformer
 
 sys.path.pop(0)
 

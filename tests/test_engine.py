@@ -7,9 +7,9 @@ import torch
 
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.engine.routes import FORWARD, REVERSE
-from tests import dense
 from hesscli.errors import DifferentiationError
-from tests.cases import CASES, NO_FORWARD_MODE, N, Case
+from tests import dense
+from tests.cases import CASES, NO_FORWARD_MODE, Case, N
 
 F64 = torch.float64
 TOL = 1e-10  # float64: products are exact up to round-off
@@ -127,8 +127,8 @@ def test_layer_subset_is_the_dense_block(name, kind):
         expected = truth(case, kind)[rows, rows]
         actual = op.dense()
         assert actual.shape == expected.shape
-        assert dense.relative(actual, expected) < TOL, block.name + ": " + dense.worst(
-            actual, expected
+        assert dense.relative(actual, expected) < TOL, (
+            block.name + ": " + dense.worst(actual, expected)
         )
 
 
@@ -186,12 +186,8 @@ def test_sum_reduction_adds_micro_batches():
 def test_ggn_equals_hessian_for_linear_model_and_squared_error():
     """A model linear in its parameters has zero residual term: GGN = H exactly."""
     case = CASES["mlp-relu/mse"]
-    op = CurvatureOperator(
-        torch.nn.Linear(4, 3).double(), case.dataset(), case.loss, micro_batch=3
-    )
-    ggn = CurvatureOperator(
-        op.model, case.dataset(), case.loss, kind="ggn", micro_batch=2
-    ).dense()
+    op = CurvatureOperator(torch.nn.Linear(4, 3).double(), case.dataset(), case.loss, micro_batch=3)
+    ggn = CurvatureOperator(op.model, case.dataset(), case.loss, kind="ggn", micro_batch=2).dense()
     assert dense.relative(ggn, op.dense()) < TOL
 
 

@@ -117,7 +117,9 @@ def _truth(model: nn.Module, data: Dataset, kind: str = "hessian") -> torch.Tens
     names = [n for n, _ in plain.named_parameters()]
     at = dense.flat_parameters(plain, names)
     if kind == "hessian":
-        return dense.dense_hessian(dense.loss_at(plain, names, batch.inputs, batch.targets, MSE), at)
+        return dense.dense_hessian(
+            dense.loss_at(plain, names, batch.inputs, batch.targets, MSE), at
+        )
     return dense.dense_ggn(
         dense.outputs_at(plain, names, batch.inputs), lambda o: MSE(o, batch.targets), at
     )
@@ -166,7 +168,7 @@ def test_once_differentiable_backward_is_caught_by_symmetry():
     both routes alike, so they agree; the asymmetry of the result gives them away."""
     model, data = _setup(_OnceDifferentiable)
     op = CurvatureOperator(model, data, MSE, micro_batch=5)
-    with pytest.raises(NumericalError, match="is not symmetric.*once_differentiable"):
+    with pytest.raises(NumericalError, match=r"is not symmetric.*once_differentiable"):
         op.dense()
     assert op.counters.products == 0
 
