@@ -156,6 +156,20 @@ def peak_bytes(call: Call, setup: Callable, device: torch.device) -> int:
     return max(itertools.accumulate(b for _, b in steps), default=0)
 
 
+def cpu_busy(seconds: float = 1.0) -> float:
+    """Fraction of all CPUs busy over ``seconds`` while this process sleeps (Linux; else 0)."""
+    try:
+        with open("/proc/stat") as stat:
+            before = [int(t) for t in stat.readline().split()[1:]]
+        time.sleep(seconds)
+        with open("/proc/stat") as stat:
+            after = [int(t) for t in stat.readline().split()[1:]]
+    except OSError:
+        return 0.0
+    delta = [b - a for a, b in zip(before, after, strict=True)]
+    return 1 - (delta[3] + delta[4]) / max(sum(delta), 1)  # idle + iowait
+
+
 def memory_dataset(x: torch.Tensor, y: torch.Tensor) -> Dataset:
     """One in-memory batch as a hesscli data set."""
     return Dataset((Batch(x, y),), source="bench", format="memory", available=len(y))
@@ -382,17 +396,19 @@ def main() -> None:
     device = torch.device("cuda" if cuda else "cpu")
     console = Console(width=None if Console().is_terminal else 200)
     versions = {p: version(p) for p in ("torch", "hesscli", "PyHessian", "curvlinops-for-pytorch")}
-    load = os.getloadavg()[0]
-    threads = torch.get_num_threads()
-    console.print(f"device {device}, {threads} torch threads, float32, load average {load:.2f}")
-    console.print(", ".join(f"{k} {v}" for k, v in versions.items()))
-    if load > 0.5:
-        console.print("[bold red]warning: the machine is busy; CPU timings will be noisy[/]")
+    console.print(
+        f"device {device}, {torch.get_num_threads()} torch threads, float32; "
+        + ", ".join(f"{k} {v}" for k, v in versions.items())
+    )
     console.print("torch.eig is NOT shimmed (only PyHessian's density() needs it; not called).")
     how = "torch.cuda.max_memory_allocated" if cuda else "torch.profiler events, tensors only"
     console.print(f"peak = extra memory allocated at the peak of one call ({how}).")
-    report: dict[str, Any] = {"device": str(device), "versions": versions, "load_average": load}
+    report: dict[str, Any] = {"device": str(device), "versions": versions}
     for name in args.models.split(","):
+        busy = cpu_busy()
+        if busy > 0.1:
+            console.print(f"[bold red]warning: other processes keep {busy:.0%} of the CPUs busy; "
+                          "the timings below will be noisy[/]")  # fmt: skip
         model, x, y = MODELS[name]()
         problem = Problem(name, model.to(device).eval(), x.to(device), y.to(device))
         bench = Bench(problem, args.repeats, device)
@@ -400,7 +416,7 @@ def main() -> None:
         title = f"{name}: {bench.size:,} parameters, {len(y)} samples, median of {args.repeats}"
         render(console, title, rows)
         report[name] = {
-            "parameters": bench.size, "samples": len(y), "repeats": args.repeats,
+            "parameters": bench.size, "samples": len(y), "repeats": args.repeats, "cpu_busy": busy,
             "rows": {k: asdict(r) for k, r in rows.items()}, "ratios": ratios(rows),
         }  # fmt: skip
     if args.json:

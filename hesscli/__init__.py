@@ -5,6 +5,17 @@ curvature of the training loss. The library layers (``hesscli.loading``, ``hessc
 importable from notebooks and run the same code as the command line.
 """
 
+from typing import Any
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["__version__", "curvature_operator"]
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy, so that ``hesscli --version`` does not import torch.
+    if name == "curvature_operator":
+        from hesscli.analysis import curvature_operator
+
+        return curvature_operator
+    raise AttributeError(f"module 'hesscli' has no attribute {name!r}")

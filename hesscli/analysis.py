@@ -15,10 +15,12 @@ from hesscli import __version__
 from hesscli.engine.device import resolve_device, resolve_dtype
 from hesscli.engine.functional import DEFAULT_MICRO_BATCH, prepare_model
 from hesscli.engine.gradient import loss_and_gradient
+from hesscli.engine.operator import DEFAULT_CHUNK, CurvatureOperator
 from hesscli.engine.params import Layer, list_layers, select_layers
-from hesscli.errors import ConfigError
+from hesscli.engine.routes import METHODS
+from hesscli.errors import ConfigError, LayerError
 from hesscli.loading.checkpoint import write_safetensors
-from hesscli.loading.config import ConfigFile, Sourced, metadata_may_name
+from hesscli.loading.config import SETTING_TYPES, ConfigFile, Sourced, metadata_may_name
 from hesscli.loading.data import Dataset, input_tensors
 from hesscli.loading.guard import refuse_to_overwrite
 from hesscli.loading.imports import absolute_path, looks_like_spec, parse_spec
@@ -148,21 +150,14 @@ def run_info(request: Request, *, layer_patterns: list[str]) -> Report:
         layer_patterns: ``--layer`` values; empty means every layer.
     """
     start = time.perf_counter()
-    settings, config = request.settings()
-    curvature = str(settings["curvature"].value).lower()
-    if curvature not in CURVATURES:
-        raise ConfigError(
-            f"unknown curvature {settings['curvature'].value!r}", "use hessian or ggn"
-        )
-    micro_batch = _positive(settings["micro_batch"], "--micro-batch") or DEFAULT_MICRO_BATCH
-    _positive(settings["max_samples"], "--max-samples")
-    device = resolve_device(str(settings["device"].value))
-    dtype = resolve_dtype(str(settings["dtype"].value), device)
-    problem = load_problem(settings, trust_pickle=request.trust_pickle)
-    layers = select_layers(problem.model, layer_patterns)
+    prepared = prepare(request, layer_patterns=layer_patterns)
+    problem, settings, config = prepared.problem, prepared.settings, prepared.config
+    layers, device, dtype = prepared.layers, prepared.device, prepared.dtype
+    micro_batch = prepared.micro_batch
     all_layers = list_layers(problem.model)
     train_mode = bool(settings["train_mode"].value)
-    model = prepare_model(problem.model, device=device, dtype=dtype, train_mode=train_mode)
+    curvature = str(settings["curvature"].value).lower()
+    model = problem.model
     gradient = loss_and_gradient(
         model,
         problem.dataset,
@@ -200,6 +195,122 @@ def run_info(request: Request, *, layer_patterns: list[str]) -> Report:
         hesscli_version=__version__,
         input_files=problem_files(problem, config),
     )
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A loaded problem on its device, with the settings every curvature command shares.
+
+    Attributes:
+        problem: Model, checkpoint, data and loss.
+        settings: Every setting with its source.
+        config: The project config used, if any.
+        layers: The layers selected by ``--layer`` (all by default).
+        device: Where products run.
+        dtype: Their precision.
+        micro_batch: Samples per micro-batch.
+    """
+
+    problem: Problem
+    settings: dict[str, Sourced]
+    config: ConfigFile | None
+    layers: list[Layer]
+    device: torch.device
+    dtype: torch.dtype
+    micro_batch: int
+
+
+def prepare(request: Request, *, layer_patterns: list[str] | None = None) -> Prepared:
+    """Load and check the problem, select layers, and move the model to its device/dtype."""
+    settings, config = request.settings()
+    curvature = str(settings["curvature"].value).lower()
+    if curvature not in CURVATURES:
+        raise ConfigError(
+            f"unknown curvature {settings['curvature'].value!r}", "use hessian or ggn"
+        )
+    method = str(settings["hvp_method"].value).lower()
+    if method not in METHODS:
+        raise ConfigError(f"unknown --hvp-method {method!r}", "use auto, forward or reverse")
+    micro_batch = _positive(settings["micro_batch"], "--micro-batch") or DEFAULT_MICRO_BATCH
+    _positive(settings["max_samples"], "--max-samples")
+    device = resolve_device(str(settings["device"].value))
+    dtype = resolve_dtype(str(settings["dtype"].value), device)
+    problem = load_problem(settings, trust_pickle=request.trust_pickle)
+    layers = select_layers(problem.model, layer_patterns)
+    train_mode = bool(settings["train_mode"].value)
+    prepare_model(problem.model, device=device, dtype=dtype, train_mode=train_mode)
+    return Prepared(problem, settings, config, layers, device, dtype, micro_batch)
+
+
+def operator_for(
+    prepared: Prepared, *, chunk_size: int | None = DEFAULT_CHUNK
+) -> CurvatureOperator:
+    """The curvature operator over the selected layers' trainable parameters, one block each."""
+    trainable = {n for n, p in prepared.problem.model.named_parameters() if p.requires_grad}
+    blocks = [
+        (layer.name, [p for p in layer.parameters if p in trainable])
+        for layer in prepared.layers
+        if any(p in trainable for p in layer.parameters)
+    ]
+    if not blocks:
+        names = ", ".join(layer.name for layer in prepared.layers)
+        raise LayerError(
+            f"the selected layers ({names}) have no trainable parameters",
+            "select layers whose parameters require gradients",
+        )
+    settings = prepared.settings
+    return CurvatureOperator(
+        prepared.problem.model,
+        prepared.problem.dataset,
+        prepared.problem.loss.fn,
+        kind=str(settings["curvature"].value).lower(),
+        blocks=blocks,
+        method=str(settings["hvp_method"].value).lower(),
+        micro_batch=prepared.micro_batch,
+        chunk_size=chunk_size,
+    )
+
+
+def curvature_operator(
+    checkpoint: str | Path,
+    *,
+    layers: list[str] | None = None,
+    cwd: str | Path | None = None,
+    use_config: bool = True,
+    trust_pickle: bool = False,
+    **settings: Any,
+) -> CurvatureOperator:
+    """The operator the command line uses, for notebooks and scripts.
+
+    Settings are those of the command line and ``hesscli.toml`` (``model``, ``data``, ``loss``,
+    ``curvature``, ``hvp_method``, ``micro_batch``, ``device``, ``dtype``, ...), with the same
+    precedence: arguments, then checkpoint metadata, then the project config found from
+    ``cwd``. Example::
+
+        op = hesscli.curvature_operator("model.safetensors", data="data.pt", dtype="float64")
+        hv = op.matvec(torch.randn(op.size, dtype=torch.float64))
+        op.route.reason  # which differentiation route was used, and why
+
+    Args:
+        checkpoint: The checkpoint file.
+        layers: ``--layer`` patterns; every layer by default.
+        cwd: Directory relative paths resolve against (default: the current one).
+        use_config: Whether to look for ``hesscli.toml`` / ``[tool.hesscli]``.
+        trust_pickle: Allow unpickling a full model.
+        **settings: Any setting of :data:`hesscli.loading.config.SETTING_TYPES`.
+    """
+    unknown = sorted(set(settings) - set(SETTING_TYPES))
+    if unknown:
+        raise ConfigError(
+            f"unknown setting(s) {', '.join(unknown)}", f"use {', '.join(SETTING_TYPES)}"
+        )
+    request = Request(
+        options={**settings, "checkpoint": str(checkpoint)},
+        cwd=Path(cwd) if cwd is not None else Path.cwd(),
+        use_config=use_config,
+        trust_pickle=trust_pickle,
+    )
+    return operator_for(prepare(request, layer_patterns=layers))
 
 
 def _inputs(problem: Problem, layers: list[Layer], config: ConfigFile | None) -> RunInputs:

@@ -36,6 +36,7 @@ SETTING_TYPES: dict[str, type | tuple[type, ...]] = {
     "dtype": str,
     "seed": int,
     "curvature": str,
+    "hvp_method": str,
     "train_mode": bool,
 }
 #: Settings whose value may name code; metadata may only name ``.py`` files in its folder.

@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
     "dtype": "float32",
     "seed": 0,
     "curvature": "hessian",
+    "hvp_method": "auto",
     "train_mode": False,
 }
 #: Samples run through the model to check that data, model and loss fit together.
