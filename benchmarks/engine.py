@@ -44,16 +44,6 @@ warnings.filterwarnings("ignore", message=".*create_graph=True.*reference cycle"
 
 
 @dataclass
-class Problem:
-    """A model in eval mode with one batch of inputs and class labels, on the device."""
-
-    name: str
-    model: nn.Module
-    x: torch.Tensor
-    y: torch.Tensor
-
-
-@dataclass
 class Row:
     """One measurement: median seconds per call, the product's error, peak memory of a call."""
 
@@ -158,12 +148,13 @@ def peak_bytes(call: Call, setup: Callable, device: torch.device) -> int:
 
 def cpu_busy(seconds: float = 1.0) -> float:
     """Fraction of all CPUs busy over ``seconds`` while this process sleeps (Linux; else 0)."""
+
+    def jiffies() -> list[int]:
+        with open("/proc/stat") as stat:
+            return [int(t) for t in stat.readline().split()[1:]]
+
     try:
-        with open("/proc/stat") as stat:
-            before = [int(t) for t in stat.readline().split()[1:]]
-        time.sleep(seconds)
-        with open("/proc/stat") as stat:
-            after = [int(t) for t in stat.readline().split()[1:]]
+        before, _, after = jiffies(), time.sleep(seconds), jiffies()
     except OSError:
         return 0.0
     delta = [b - a for a, b in zip(before, after, strict=True)]
@@ -178,9 +169,9 @@ def memory_dataset(x: torch.Tensor, y: torch.Tensor) -> Dataset:
 class Bench:
     """Runs every tool on one problem and collects the rows, keyed by a short id."""
 
-    def __init__(self, problem: Problem, repeats: int, device: torch.device) -> None:
-        self.model, self.x, self.y = problem.model, problem.x, problem.y
-        self.repeats, self.device = repeats, device
+    def __init__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> None:
+        self.model, self.x, self.y, self.repeats = model.eval(), x, y, repeats
+        self.device = device = x.device
         self.params = list(self.model.parameters())
         self.data = memory_dataset(self.x, self.y)
         layout = self.op("hessian", method="reverse", verify=False).layout
@@ -410,8 +401,7 @@ def main() -> None:
             console.print(f"[bold red]warning: other processes keep {busy:.0%} of the CPUs busy; "
                           "the timings below will be noisy[/]")  # fmt: skip
         model, x, y = MODELS[name]()
-        problem = Problem(name, model.to(device).eval(), x.to(device), y.to(device))
-        bench = Bench(problem, args.repeats, device)
+        bench = Bench(model.to(device), x.to(device), y.to(device), args.repeats)
         rows = bench.run()
         title = f"{name}: {bench.size:,} parameters, {len(y)} samples, median of {args.repeats}"
         render(console, title, rows)
