@@ -201,7 +201,12 @@ class Bench:
         """C·V in float64 by hesscli's reverse-over-reverse route (unchecked, uncached)."""
         model = copy.deepcopy(self.model).double()
         data = memory_dataset(self.x.double(), self.y)
-        options = {"method": "reverse", "verify": False, "cache_bytes": 0}
+        options = {
+            "method": "reverse",
+            "verify": False,
+            "cache_bytes": 0,
+            "micro_batch": len(self.y),
+        }
         op = CurvatureOperator(model, data, F.cross_entropy, kind=kind, **options)
         return op.matmat(self.V.double())
 
@@ -254,13 +259,14 @@ class Bench:
             if key == "auto":
                 assert op.route is not None
                 checks = ", ".join(f"{r[:3]} {s * 1e3:.1f} ms" for r, s in op.route.seconds.items())
-                first.note = f"picked {op.route.route} ({checks})"
+                extra = op.counters.check_products
+                first.note = f"picked {op.route.route[:3]}; check: {checks}, {extra} extra products"
         tool, ggn = "hesscli GGN auto (checked)", self.op("ggn")
         ggn.matmat(v)
         assert ggn.route is not None
         fresh_ggn = lambda: self.op("ggn")  # noqa: E731
         first = self.add("g.first", tool, "GGN·v first call", _mv(v), setup=fresh_ggn, kind="ggn")
-        first.note = f"picked {ggn.route.route}"
+        first.note = f"picked {ggn.route.route[:3]}, {ggn.counters.check_products} extra products"
         self.add("g.steady", tool, "GGN·v later calls", _mv(v, ggn), kind="ggn")
         self.add("g.k16", tool, f"GGN·V K={K}, one call", _mv(V, ggn), kind="ggn")
 
