@@ -1,6 +1,6 @@
 """Benchmark hesscli's curvature engine against PyHessian and curvlinops, same model and batch.
 
-Every time is the median of ``--repeats`` runs after one warm-up run, also shown as a multiple
+Every time is a median over at least ``--repeats`` runs after a warm-up, also shown as a multiple
 of one plain-autograd gradient (forward + backward) on the same model and batch. Every product
 is checked against hesscli's reverse-over-reverse route in float64 on the same vectors. Peak
 memory is the extra memory one call allocates: ``torch.cuda.max_memory_allocated`` on CUDA; on
@@ -99,20 +99,21 @@ def sync(device: torch.device) -> None:
 
 
 def median_seconds(call: Call, setup: Callable, repeats: int, device: torch.device) -> float:
-    """Median wall time of ``call(setup())`` over ``repeats`` runs after one warm-up run.
+    """Median wall time of ``call(setup())`` after one warm-up run.
 
-    ``setup`` is not timed; it gives each run its state (e.g. a fresh operator).
+    At least ``repeats`` timed runs, and more (up to 50) until they add up to half a second, so
+    that millisecond calls are not judged on five samples. ``setup`` is not timed; it gives each
+    run its state (e.g. a fresh operator).
     """
-    times = []
-    for run in range(repeats + 1):
+    times: list[float] = []  # times[0] is the warm-up
+    while len(times) <= repeats or (sum(times[1:]) < 0.5 and len(times) <= 50):
         state = setup()
         sync(device)
         start = time.perf_counter()
         call(state)
         sync(device)
-        if run:  # run 0 is the warm-up
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times[1:])
 
 
 @contextlib.contextmanager
@@ -146,19 +147,22 @@ def peak_bytes(call: Call, setup: Callable, device: torch.device) -> int:
     return max(itertools.accumulate(b for _, b in steps), default=0)
 
 
-def cpu_busy(seconds: float = 1.0) -> float:
-    """Fraction of all CPUs busy over ``seconds`` while this process sleeps (Linux; else 0)."""
-
-    def jiffies() -> list[int]:
-        with open("/proc/stat") as stat:
-            return [int(t) for t in stat.readline().split()[1:]]
-
+def cpu_ticks() -> tuple[int, int, int]:
+    """Busy and total clock ticks of all CPUs, and this process's own (Linux; else zeros)."""
     try:
-        before, _, after = jiffies(), time.sleep(seconds), jiffies()
+        with open("/proc/stat") as stat:
+            cpu = [int(t) for t in stat.readline().split()[1:9]]
+        with open("/proc/self/stat") as stat:
+            own = stat.read().rsplit(")", 1)[1].split()
     except OSError:
-        return 0.0
-    delta = [b - a for a, b in zip(before, after, strict=True)]
-    return 1 - (delta[3] + delta[4]) / max(sum(delta), 1)  # idle + iowait
+        return 0, 0, 0
+    return sum(cpu) - cpu[3] - cpu[4], sum(cpu), int(own[11]) + int(own[12])  # utime + stime
+
+
+def others_share(start: tuple[int, int, int]) -> float:
+    """Share of all CPU time since ``start`` that other processes used (0: a quiet machine)."""
+    busy, total, own = (b - a for a, b in zip(start, cpu_ticks(), strict=True))
+    return max(busy - own, 0) / max(total, 1)
 
 
 def memory_dataset(x: torch.Tensor, y: torch.Tensor) -> Dataset:
@@ -357,8 +361,8 @@ def ratios(rows: dict[str, Row]) -> dict[str, float]:
     return out
 
 
-def render(console: Console, title: str, rows: dict[str, Row]) -> None:
-    """Print the measurement table and the peer/ours ratios of one problem."""
+def render(console: Console, title: str, rows: dict[str, Row], busy: float) -> None:
+    """Print the measurement table, the peer/ours ratios and how busy other processes were."""
     grad = rows["grad"]
     table = Table(title=title, title_justify="left")
     for name in COLUMNS:
@@ -378,12 +382,16 @@ def render(console: Console, title: str, rows: dict[str, Row]) -> None:
     for label, value in ratios(rows).items():
         comparison.add_row(label, f"{value:.2f}")
     console.print(comparison)
+    line = f"other processes used {busy:.0%} of the CPU time during these measurements"
+    console.print(
+        line if busy <= 0.05 else f"[bold red]warning: {line}; rerun on a quiet machine[/]"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    parser.add_argument("--repeats", type=int, default=5, help="timed runs after one warm-up")
+    parser.add_argument("--repeats", type=int, default=5, help="least timed runs after a warm-up")
     parser.add_argument(
         "--models", default="mlp,cnn,digits_cnn", help=f"comma-separated, of {', '.join(MODELS)}"
     )
@@ -402,17 +410,17 @@ def main() -> None:
     console.print(f"peak = extra memory allocated at the peak of one call ({how}).")
     report: dict[str, Any] = {"device": str(device), "versions": versions}
     for name in args.models.split(","):
-        busy = cpu_busy()
-        if busy > 0.1:
-            console.print(f"[bold red]warning: other processes keep {busy:.0%} of the CPUs busy; "
-                          "the timings below will be noisy[/]")  # fmt: skip
+        start = cpu_ticks()
         model, x, y = MODELS[name]()
         bench = Bench(model.to(device), x.to(device), y.to(device), args.repeats)
         rows = bench.run()
-        title = f"{name}: {bench.size:,} parameters, {len(y)} samples, median of {args.repeats}"
-        render(console, title, rows)
+        title = (
+            f"{name}: {bench.size:,} parameters, {len(y)} samples, median of ≥{args.repeats} runs"
+        )
+        busy = others_share(start)
+        render(console, title, rows, busy)
         report[name] = {
-            "parameters": bench.size, "samples": len(y), "repeats": args.repeats, "cpu_busy": busy,
+            "parameters": bench.size, "samples": len(y), "repeats": args.repeats, "others": busy,
             "rows": {k: asdict(r) for k, r in rows.items()}, "ratios": ratios(rows),
         }  # fmt: skip
     if args.json:
