@@ -24,41 +24,9 @@ from tests import dense
 F64 = torch.float64
 
 
-class _Sin(torch.autograd.Function):
-    """sin with a correct, twice-differentiable backward and a configurable forward-mode rule."""
-
-    jvp_scale: float | None = 1.0  # None: no forward-mode rule at all
-    generate_vmap_rule = True
-
-    @staticmethod
-    def forward(x: torch.Tensor) -> torch.Tensor:
-        return x.sin()
-
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        (x,) = inputs
-        ctx.save_for_backward(x)
-        ctx.save_for_forward(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return grad * x.cos()
-
-    @staticmethod
-    def jvp(ctx, tangent: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return 1.2 * tangent * x.cos()  # wrong by 20 %, like the layer_norm forward-mode bug
-
-
-class _NoForward(_Sin):
-    @staticmethod
-    def jvp(ctx, tangent: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError("no forward-mode rule for this op")
-
-
-class _OnceDifferentiable(torch.autograd.Function):
-    """sin whose backward cannot itself be differentiated (like some fused kernels)."""
+class _SinRules(torch.autograd.Function):
+    """sin with correct derivative rules: a twice-differentiable backward and a forward-mode
+    rule. The fault-injecting subclasses below each break one rule on purpose."""
 
     generate_vmap_rule = True
 
@@ -73,7 +41,6 @@ class _OnceDifferentiable(torch.autograd.Function):
         ctx.save_for_forward(x)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
         return grad * x.cos()
@@ -82,6 +49,33 @@ class _OnceDifferentiable(torch.autograd.Function):
     def jvp(ctx, tangent: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
         return tangent * x.cos()
+
+
+class _Sin(_SinRules):
+    """Injected fault: a forward-mode rule wrong by 20 %, like the layer_norm bug."""
+
+    @staticmethod
+    def jvp(ctx, tangent: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return 1.2 * tangent * x.cos()
+
+
+class _NoForward(_SinRules):
+    """Injected fault: the op has no forward-mode rule (as torch raises for such ops)."""
+
+    @staticmethod
+    def jvp(ctx, tangent: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError("no forward-mode rule for this op")
+
+
+class _OnceDifferentiable(_SinRules):
+    """Injected fault: a backward that cannot itself be differentiated."""
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (x,) = ctx.saved_tensors
+        return grad * x.cos()
 
 
 class _Net(nn.Module):
@@ -194,23 +188,18 @@ class _CosTimes(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, g_tangent, x_tangent):
         g, x = ctx.saved_tensors
-        if not _CosTimes.has_jvp:
+        if not _CosTimes.has_jvp:  # injected fault, switched on by one test
             raise NotImplementedError("no forward-mode rule for the backward op")
         return g_tangent * x.cos() - g * x.sin() * x_tangent
 
 
-class _NoDoubleBackward(_Sin):
-    """sin whose backward is itself an op without a backward."""
+class _NoDoubleBackward(_SinRules):
+    """Injected fault: sin whose backward is itself an op without a backward."""
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (x,) = ctx.saved_tensors
         return _CosTimes.apply(grad, x)
-
-    @staticmethod
-    def jvp(ctx, tangent: torch.Tensor) -> torch.Tensor:
-        (x,) = ctx.saved_tensors
-        return tangent * x.cos()
 
 
 def test_missing_double_backward_falls_back_to_forward_mode():

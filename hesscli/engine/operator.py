@@ -306,19 +306,6 @@ class CurvatureOperator:
         names = [s.name for s in self.layout.slots if bad[s.start : s.stop].any()]
         return ", ".join(names[:4])
 
-    def describe(self) -> dict[str, object]:
-        """Settings and route, for reports."""
-        route = self.route
-        return {
-            "curvature": self.kind,
-            "hvp_method": self.method,
-            "route": route.route if route else None,
-            "route_reason": route.reason if route else None,
-            "micro_batch": self.micro_batch,
-            "micro_batches": self.num_micro_batches,
-            "cached_graphs": len(self._cache),
-        }
-
 
 def _default_cache_bytes(device: torch.device) -> int:
     """A quarter of the free memory of ``device`` (of physical memory on the CPU)."""
