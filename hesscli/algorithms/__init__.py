@@ -1,0 +1,17 @@
+"""Pure functions of a matmat ``V ↦ C·V`` (``(P, K) → (P, K)``): they never see a model.
+
+- :mod:`.segments`: coordinates grouped into contiguous blocks (layers), per-block reductions.
+- :mod:`.lanczos`: Lanczos with full reorthogonalisation, one process per block and column.
+- :mod:`.eigen`: extreme (top / most negative) eigenvalues with honest residuals.
+- :mod:`.trace`: exact, Hutchinson and Hutch++ traces, global and per block from the same probes.
+- :mod:`.diagonal`: exact and estimated diagonals, and their statistics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+#: A symmetric operator applied to a block of columns: ``(P, K) → (P, K)``.
+Matmat = Callable[[torch.Tensor], torch.Tensor]

@@ -1,0 +1,75 @@
+"""Contiguous row blocks (layers) of a vector, and reductions over each block at once.
+
+Per-layer quantities are block restrictions of the same vectors: the trace of layer l is the sum
+of ``v ∘ Cv`` over its rows, and one Lanczos process runs in each block. ``Segments`` does those
+reductions for every block and column in one vectorised call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Segments:
+    """A partition of rows ``0..P`` into contiguous blocks ``[(start, stop), ...]`` in order.
+
+    Attributes:
+        bounds: ``(start, stop)`` of each block.
+        ids: ``(P,)`` block index of every row.
+    """
+
+    bounds: tuple[tuple[int, int], ...]
+    ids: torch.Tensor
+
+    @classmethod
+    def of(
+        cls, size: int, bounds: Sequence[tuple[int, int]] | None = None, *, device: torch.device
+    ) -> Segments:
+        """Blocks ``bounds`` of a ``size``-row vector (default: one block of everything).
+
+        Raises:
+            ValueError: When the blocks do not tile ``0..size`` in order.
+        """
+        bounds = tuple((int(a), int(b)) for a, b in (bounds or [(0, size)]))
+        edges = [0] + [b for _, b in bounds]
+        if (
+            [a for a, _ in bounds] != edges[:-1]
+            or edges[-1] != size
+            or any(b <= a for a, b in bounds)
+        ):
+            raise ValueError(f"blocks {bounds} do not tile 0..{size} in order")
+        lengths = torch.tensor([b - a for a, b in bounds], device=device)
+        ids = torch.repeat_interleave(torch.arange(len(bounds), device=device), lengths)
+        return cls(bounds, ids)
+
+    @property
+    def count(self) -> int:
+        """Number of blocks S."""
+        return len(self.bounds)
+
+    @property
+    def sizes(self) -> list[int]:
+        """Rows in each block."""
+        return [b - a for a, b in self.bounds]
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Per-block sums of ``(P, K)`` values → ``(S, K)`` (accumulated in float64)."""
+        values = values.double()
+        out = values.new_zeros((self.count, *values.shape[1:]))
+        return out.index_add_(0, self.ids, values)
+
+    def dot(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Per-block inner products of the columns of ``x`` and ``y`` → ``(S, K)``."""
+        return self.sum(x * y)
+
+    def norm(self, x: torch.Tensor) -> torch.Tensor:
+        """Per-block 2-norms of the columns of ``x`` → ``(S, K)``."""
+        return self.dot(x, x).sqrt()
+
+    def expand(self, per_block: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """``(S, K)`` coefficients spread to the rows of ``like`` (``(P, K)``), in its dtype."""
+        return per_block.to(like.dtype)[self.ids]
