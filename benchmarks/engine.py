@@ -77,16 +77,21 @@ def cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     return model, torch.randn(256, 3, 32, 32), torch.randint(0, 10, (256,))
 
 
-def digits_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """The shipped ``sample_models/digits_cnn`` and its 256 samples, via hesscli's loader."""
-    folder = ROOT / "sample_models" / "digits_cnn"
+def sample_problem(name: str, checkpoint: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A shipped ``sample_models/<name>`` model and its evaluation batch, via hesscli's loader."""
+    folder = ROOT / "sample_models" / name
     settings, _ = resolve_settings(
-        {"checkpoint": "model.pt"}, cwd=folder, config_path=None, use_config=True
+        {"checkpoint": checkpoint}, cwd=folder, config_path=None, use_config=True
     )
     loaded = load_problem(settings)
     (batch,) = loaded.dataset.batches
     assert isinstance(batch.inputs, torch.Tensor)
     return loaded.model, batch.inputs, batch.targets
+
+
+def digits_cnn() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The shipped ``sample_models/digits_cnn`` and its 256 samples, via hesscli's loader."""
+    return sample_problem("digits_cnn", "model.pt")
 
 
 MODELS = {"mlp": mlp, "cnn": cnn, "digits_cnn": digits_cnn}

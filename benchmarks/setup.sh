@@ -13,7 +13,7 @@ pip install torch==2.13.0
 pip install -e "$ROOT"
 pip install pyhessian rich
 pip install --no-deps curvlinops-for-pytorch backpack-for-pytorch unfoldNd
-pip install einops opt-einsum linear_operator einconv tqdm scipy
+pip install einops opt-einsum linear_operator einconv tqdm scipy packaging
 # torchvision must be absent and torch must still be the CPU 2.13.0 wheel.
 if pip list 2>/dev/null | grep -qi '^torchvision '; then
     echo "ERROR: torchvision got installed into $VENV" >&2

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -232,6 +232,15 @@ class CurvatureOperator:
             )
         columns = matrix if matrix.ndim == 2 else matrix[:, None]
         return columns.to(device=self.device, dtype=self.dtype)
+
+    def micro_batch_losses(self) -> Iterator[tuple[int, MicroBatchLoss, float]]:
+        """``(first sample, loss, weight)`` per micro-batch, on the operator's device and dtype.
+
+        The weight is bⱼ/N for mean losses (1 for sums): weighted results add up to the whole.
+        For engine code that takes other derivatives of the same losses (layer diagonals).
+        """
+        for first, part, weight in micro_batches(self.dataset, self.micro_batch):
+            yield first, self._micro_batch_loss(part), weight if self.reduction == "mean" else 1.0
 
     def _micro_batch_loss(self, part: object) -> MicroBatchLoss:
         batch = to_device(part, device=self.device, dtype=self.dtype)  # type: ignore[arg-type]

@@ -1,0 +1,330 @@
+"""Exact Hessian (or GGN) diagonals of layers, fast where the layer's structure allows.
+
+For a ``Linear`` layer z = a·Wᵀ + b used once per forward, L depends on W only through z, and z
+is linear in W, so ∂²L/∂W_ij² = Σₙ Σ_{t,t'} aₙₜⱼ·aₙₜ'ⱼ·∂²L/∂zₙₜᵢ∂zₙₜ'ᵢ (t runs over the positions
+of a token or sequence axis; there is one when the layer acts on vectors). When samples are
+independent, the curvature C_z of the loss with respect to the layer's output is block diagonal
+over samples, and the whole weight diagonal follows from C_z alone. Two exact routes, each
+checked at run time against a true product C_z·u for a random u (one product through the
+verified engine routes), in this order:
+
+1. **Gauss–Newton factor** (m vjps, m = output size per sample, e.g. the classes): with
+   H_out,n = Vₙ·diag(λₙ)·Vₙᵀ the loss Hessian of sample n w.r.t. the model outputs and
+   u_{n,c} = J_{down,n}ᵀ·v_{n,c}, the downstream Gauss–Newton matrix is Σ_c λ_{n,c}·u_{n,c}u_{n,c}ᵀ
+   and ∂²/∂W_ij² = Σ_{n,c} λ_{n,c}·(Σₜ u_{n,c,t,i}·aₙₜⱼ)². Exact for the GGN, and for the Hessian
+   when the downstream network adds no curvature of its own (ReLU, max-pool, linear maps): the
+   check tells.
+2. **Output-space products** (T·d_out products of the downstream network): the columns of C_z
+   for every output coordinate at once across samples. Exact for any downstream network.
+
+Anything else (other layer types, shared weights, coupled samples, a failed check) takes P_l unit
+columns through the full operator — exact, slower, and reported as such.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.func import grad, jvp, vjp, vmap
+
+from hesscli.engine.functional import Params, call_model, math_attention
+from hesscli.engine.layout import Block
+from hesscli.engine.operator import CurvatureOperator
+from hesscli.engine.products import MicroBatchLoss
+from hesscli.engine.routes import agreement_tolerance, build, relative_difference
+
+DELTA = "output"
+GAUSS_NEWTON = "gauss-newton factor"
+OUTPUT_SPACE = "output-space products"
+UNIT_COLUMNS = "unit columns"
+#: Unit columns per data pass of the fallback.
+COLUMNS = 64
+
+
+@dataclass(frozen=True)
+class LayerOutputLoss(MicroBatchLoss):
+    """A micro-batch's loss as a function of a perturbation added to one module's output."""
+
+    module: nn.Module = field(default_factory=nn.Identity)
+
+    def outputs(self, variables: Params) -> torch.Tensor:
+        """Model outputs with ``variables[DELTA]`` added to the module's output."""
+        delta = variables[DELTA]
+        handle = self.module.register_forward_hook(lambda _m, _a, out: out + delta)
+        try:
+            return call_model(self.model, self.fixed, self.batch.inputs)
+        finally:
+            handle.remove()
+
+
+@dataclass
+class LayerDiagonals:
+    """Exact diagonals of the selected blocks, in each block's flat layout order.
+
+    Attributes:
+        values: Block name → ``(n,)`` float64 diagonal.
+        methods: Block name → how it was computed (and why the fast route was not used).
+        products: Products of the full operator spent (unit columns and checks).
+        output_products: Products and vjps in layer-output space (much cheaper each).
+        seconds: Wall time.
+    """
+
+    values: dict[str, torch.Tensor] = field(default_factory=dict)
+    methods: dict[str, str] = field(default_factory=dict)
+    products: int = 0
+    output_products: int = 0
+    seconds: float = 0.0
+
+
+class Unsupported(Exception):
+    """The fast route does not apply to this layer (the message says why)."""
+
+
+def exact_diagonal(
+    op: CurvatureOperator,
+    *,
+    blocks: list[str] | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> LayerDiagonals:
+    """diag(C_ll) of every block in ``blocks`` (default: all), exact, fastest route first."""
+    start = time.perf_counter()
+    wanted = [op.layout.block(name) for name in blocks] if blocks else list(op.blocks)
+    result = LayerDiagonals()
+    modules = dict(op.model.named_modules())
+    before = op.counters.products
+    for index, block in enumerate(wanted):
+        try:
+            values, method, count = _fast(op, block, modules.get(block.name), seed)
+            result.output_products += count
+        except Unsupported as why:
+            values, method = _unit_columns(op, block), f"{UNIT_COLUMNS} ({why})"
+        result.values[block.name], result.methods[block.name] = values, method
+        if progress is not None:
+            progress(index + 1, len(wanted))
+    result.products = op.counters.products - before
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def _unit_columns(op: CurvatureOperator, block: Block) -> torch.Tensor:
+    """(C·eᵢ)ᵢ for every coordinate i of the block, ``COLUMNS`` per data pass."""
+    values = torch.empty(block.size, dtype=torch.float64, device=op.device)
+    for first in range(0, block.size, COLUMNS):
+        count = min(COLUMNS, block.size - first)
+        rows = torch.arange(block.start + first, block.start + first + count, device=op.device)
+        unit = torch.zeros(op.size, count, device=op.device, dtype=op.dtype)
+        unit[rows, torch.arange(count, device=op.device)] = 1
+        image = op.matmat(unit)
+        values[first : first + count] = image[rows, torch.arange(count, device=op.device)].double()
+    return values
+
+
+def _eligible(op: CurvatureOperator, block: Block, module: nn.Module | None) -> nn.Linear:
+    if not isinstance(module, nn.Linear) or type(module).forward is not nn.Linear.forward:
+        raise Unsupported(f"{type(module).__name__} layer")
+    own = {f"{block.name}.{n}" if block.name else n for n, _ in module.named_parameters()}
+    if set(block.parameters) != own:
+        raise Unsupported("the layer's parameters are not all selected")
+    seen: dict[int, int] = {}
+    for _, p in op.model.named_parameters(remove_duplicate=False):
+        seen[id(p)] = seen.get(id(p), 0) + 1
+    if any(seen[id(p)] > 1 for p in module.parameters()):
+        raise Unsupported("the weight is shared with another layer")
+    return module
+
+
+def _layer_losses(op: CurvatureOperator, module: nn.Module, mb: MicroBatchLoss) -> LayerOutputLoss:
+    fixed = {**mb.fixed, **{n: t.detach() for n, t in mb.variables.items()}}
+    return LayerOutputLoss(mb.model, mb.loss_fn, mb.batch, {}, fixed, module)
+
+
+def _capture(mb: LayerOutputLoss) -> tuple[torch.Tensor, torch.Tensor]:
+    """The layer's input a and output z on this micro-batch (and that it runs exactly once)."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        seen.append((args[0].detach(), out.detach()))
+
+    handle = mb.module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            call_model(mb.model, mb.fixed, mb.batch.inputs)
+    finally:
+        handle.remove()
+    if len(seen) != 1:
+        raise Unsupported(f"the layer runs {len(seen)} times per forward pass")
+    a, z = seen[0]
+    if z.ndim < 2 or z.shape[0] != mb.batch.size:
+        raise Unsupported("the layer's output has no leading sample axis")
+    return a, z
+
+
+def _fast(
+    op: CurvatureOperator, block: Block, module: nn.Module | None, seed: int
+) -> tuple[torch.Tensor, str, int]:
+    linear = _eligible(op, block, module)
+    weight = torch.zeros(linear.weight.shape, dtype=torch.float64, device=op.device)
+    bias = torch.zeros(linear.out_features, dtype=torch.float64, device=op.device)
+    method, count = GAUSS_NEWTON, 0
+    with math_attention():
+        for index, (_first, base, scale) in enumerate(op.micro_batch_losses()):
+            mb = _layer_losses(op, linear, base)
+            a, z = _capture(mb)
+            a = a.reshape(a.shape[0], -1, a.shape[-1]).double()
+            positions = a.shape[1]
+            if method == GAUSS_NEWTON:
+                try:
+                    w, b, n = _gauss_newton(op, mb, z, a, check=index == 0, seed=seed)
+                except Unsupported:
+                    if index:
+                        raise
+                    method = OUTPUT_SPACE
+            if method == OUTPUT_SPACE:
+                if positions * linear.out_features >= block.size:
+                    raise Unsupported("output-space products would cost more than unit columns")
+                w, b, n = _output_space(op, mb, z, a, check=index == 0, seed=seed)
+            weight += scale * w
+            bias += scale * b
+            count += n
+    op.counters.data_passes += 1
+    parts = {"weight": weight, "bias": bias}
+    values = torch.cat([parts[name.rsplit(".", 1)[-1]].flatten() for name in _ordered(op, block)])
+    return values, method, count
+
+
+def _ordered(op: CurvatureOperator, block: Block) -> list[str]:
+    return [s.name for s in op.layout.slots if s.name in block.parameters]
+
+
+def _route(op: CurvatureOperator) -> str:
+    if op.route is None:  # make the operator choose (and check) its route on a real product
+        op.matvec(torch.zeros(op.size, device=op.device, dtype=op.dtype))
+    assert op.route is not None
+    return op.route.route
+
+
+def _check(
+    op: CurvatureOperator,
+    mb: LayerOutputLoss,
+    z: torch.Tensor,
+    seed: int,
+    factored: Callable[[torch.Tensor], torch.Tensor],
+) -> None:
+    """Compare the fast route's C_z·u with a true product through the verified routes."""
+    generator = torch.Generator().manual_seed(seed)
+    u = torch.randn(z.shape, generator=generator, dtype=torch.float64).to(z.device, z.dtype)
+    variables = {DELTA: torch.zeros_like(z)}
+    checked = LayerOutputLoss(mb.model, mb.loss_fn, mb.batch, variables, mb.fixed, mb.module)
+    apply, _ = build(op.kind, _route(op), checked, chunk_size=op.chunk_size)
+    true = apply({DELTA: u[None]})[DELTA][0]
+    op.counters.check_products += 1
+    gap, _ = relative_difference({DELTA: factored(u)}, {DELTA: true})
+    if not gap <= 10 * agreement_tolerance(op.dtype):
+        raise Unsupported(f"output-curvature check failed (relative difference {gap:.1e})")
+
+
+def _output_hessians(mb: LayerOutputLoss, outputs: torch.Tensor) -> torch.Tensor:
+    """Per-sample Hessians of the micro-batch loss w.r.t. the outputs: ``(b, m, m)``."""
+    b = outputs.shape[0]
+    m = outputs[0].numel()
+    eye = torch.eye(m, dtype=outputs.dtype, device=outputs.device)
+    tangents = eye[:, None, :].expand(m, b, m).reshape(m, *outputs.shape)
+    gradient = grad(mb.output_loss)
+    try:
+        columns = vmap(lambda e: jvp(gradient, (outputs,), (e,))[1])(tangents)
+    except RuntimeError:  # a loss without forward-mode rules: double backward
+        leaf = outputs.detach().requires_grad_(True)
+        g = torch.autograd.grad(mb.output_loss(leaf), leaf, create_graph=True)[0]
+        columns = torch.stack(
+            [torch.autograd.grad(g, leaf, t, retain_graph=True)[0] for t in tangents]
+        )
+    hessians = columns.reshape(m, b, m).permute(1, 2, 0).double()
+    return (hessians + hessians.transpose(1, 2)) / 2
+
+
+def _gauss_newton(
+    op: CurvatureOperator,
+    mb: LayerOutputLoss,
+    z: torch.Tensor,
+    a: torch.Tensor,
+    *,
+    check: bool,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    zero = {DELTA: torch.zeros_like(z)}
+    outputs, pullback = vjp(mb.outputs, zero)
+    outputs = outputs.detach()
+    lam, vectors = torch.linalg.eigh(_output_hessians(mb, outputs))  # (b, m), (b, m, m)
+    m = lam.shape[1]
+    cotangents = vectors.permute(2, 0, 1).reshape(m, *outputs.shape).to(z.dtype)
+    u = vmap(lambda ct: pullback(ct)[0][DELTA])(cotangents)  # (m, b, *z) = J_downᵀ v
+    u = u.reshape(m, z.shape[0], -1, z.shape[-1]).double()  # (m, b, T, d_out)
+    if check:
+
+        def factored(x: torch.Tensor) -> torch.Tensor:
+            x = x.reshape(z.shape[0], -1, z.shape[-1]).double()
+            coefficient = torch.einsum("cnti,nti->nc", u, x) * lam
+            return torch.einsum("nc,cnti->nti", coefficient, u).reshape(z.shape).to(z.dtype)
+
+        _check(op, mb, z, seed, factored)
+    if a.shape[1] == 1:
+        s = torch.einsum("nc,cni->ni", lam, u[:, :, 0].square())
+        return s.T @ a[:, 0].square(), s.sum(dim=0), 2 * m
+    weight = torch.zeros(z.shape[-1], a.shape[-1], dtype=torch.float64, device=z.device)
+    for first in range(0, z.shape[0], _chunk(m, z.shape[-1], a.shape[-1])):
+        rows = slice(first, first + _chunk(m, z.shape[-1], a.shape[-1]))
+        g = torch.einsum("cnti,ntj->cnij", u[:, rows], a[rows])
+        weight += torch.einsum("nc,cnij->ij", lam[rows], g.square())
+    bias = torch.einsum("nc,cni->i", lam, u.sum(dim=2).square())
+    return weight, bias, 2 * m
+
+
+def _chunk(*sizes: int) -> int:
+    """Samples per chunk so that a ``(chunk, *sizes)`` float64 temporary stays near 64 MB."""
+    return max(1, (8 << 20) // max(1, math.prod(sizes)))
+
+
+def _output_space(
+    op: CurvatureOperator,
+    mb: LayerOutputLoss,
+    z: torch.Tensor,
+    a: torch.Tensor,
+    *,
+    check: bool,
+    seed: int,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    b, positions, d = z.shape[0], a.shape[1], z.shape[-1]
+    variables = {DELTA: torch.zeros_like(z)}
+    layer = LayerOutputLoss(mb.model, mb.loss_fn, mb.batch, variables, mb.fixed, mb.module)
+    apply, _ = build(op.kind, _route(op), layer, chunk_size=op.chunk_size)
+    coordinates = positions * d
+    per_sample = torch.zeros(b, d, positions, positions, dtype=torch.float64, device=z.device)
+    step = max(1, op.chunk_size or COLUMNS)
+    columns: list[torch.Tensor] = []
+    for first in range(0, coordinates, step):
+        index = torch.arange(first, min(first + step, coordinates), device=z.device)
+        tangents = torch.zeros(len(index), b, positions, d, dtype=z.dtype, device=z.device)
+        tangents[torch.arange(len(index)), :, index // d, index % d] = 1
+        image = apply({DELTA: tangents.reshape(len(index), *z.shape)})[DELTA]
+        image = image.reshape(len(index), b, positions, d).double()
+        # column (t', i) of sample n's block, restricted to output i: C_z[n, (t, i), (t', i)]
+        per_sample[:, index % d, :, index // d] = image[torch.arange(len(index)), :, :, index % d]
+        if check:
+            columns.append(image)
+    if check:
+        stacked = torch.cat(columns)  # (coordinates, b, T, d)
+
+        def factored(x: torch.Tensor) -> torch.Tensor:
+            flat = x.reshape(b, coordinates).double()
+            return torch.einsum("knti,nk->nti", stacked, flat).reshape(z.shape).to(z.dtype)
+
+        _check(op, layer, z, seed, factored)
+    weight = torch.einsum("ntj,nitu,nuj->ij", a, per_sample, a)
+    bias = per_sample.sum(dim=(2, 3)).sum(dim=0)
+    return weight, bias, coordinates
