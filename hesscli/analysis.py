@@ -151,21 +151,15 @@ def run_info(request: Request, *, layer_patterns: list[str]) -> Report:
     """
     start = time.perf_counter()
     prepared = prepare(request, layer_patterns=layer_patterns)
-    problem, settings, config = prepared.problem, prepared.settings, prepared.config
-    layers, device, dtype = prepared.layers, prepared.device, prepared.dtype
-    micro_batch = prepared.micro_batch
-    all_layers = list_layers(problem.model)
-    train_mode = bool(settings["train_mode"].value)
-    curvature = str(settings["curvature"].value).lower()
-    model = problem.model
+    problem, layers = prepared.problem, prepared.layers
     gradient = loss_and_gradient(
-        model,
+        problem.model,
         problem.dataset,
         problem.loss.fn,
-        layers=all_layers,
-        micro_batch=micro_batch,
-        device=device,
-        dtype=dtype,
+        layers=list_layers(problem.model),
+        micro_batch=prepared.micro_batch,
+        device=prepared.device,
+        dtype=prepared.dtype,
     )
     results = InfoResults(
         model_class=type(problem.model).__name__,
@@ -177,21 +171,35 @@ def run_info(request: Request, *, layer_patterns: list[str]) -> Report:
             gradient.loss, gradient.grad_norm, gradient.micro_batches, gradient.seconds
         ),
     )
+    cost = Cost(seconds=time.perf_counter() - start, hvps=0, data_passes=1)
+    return report_for("info", prepared, results, cost)
+
+
+def report_for(
+    command: str,
+    prepared: Prepared,
+    results: Any,
+    cost: Cost,
+    options: dict[str, object] | None = None,
+) -> Report:
+    """The envelope of DESIGN.md around a command's results."""
+    problem, settings, config = prepared.problem, prepared.settings, prepared.config
     return Report(
-        command="info",
-        inputs=_inputs(problem, layers, config),
+        command=command,
+        inputs=_inputs(problem, prepared.layers, config),
         settings=RunSettings(
-            curvature=curvature,
-            device=str(device),
-            dtype=_dtype_name(dtype),
+            curvature=str(settings["curvature"].value).lower(),
+            device=str(prepared.device),
+            dtype=_dtype_name(prepared.dtype),
             seed=settings["seed"].value,
-            micro_batch=micro_batch,
+            micro_batch=prepared.micro_batch,
             max_samples=settings["max_samples"].value,
-            train_mode=train_mode,
+            train_mode=bool(settings["train_mode"].value),
             sources={k: v.source for k, v in sorted(settings.items()) if v.value is not None},
+            options=dict(options or {}),
         ),
         results=results,
-        cost=Cost(seconds=time.perf_counter() - start, hvps=0, data_passes=1),
+        cost=cost,
         hesscli_version=__version__,
         input_files=problem_files(problem, config),
     )

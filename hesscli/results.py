@@ -38,6 +38,8 @@ class RunSettings:
     max_samples: int | None
     train_mode: bool
     sources: dict[str, str]
+    #: The command's own options (top_k, tolerance, products budget, ...).
+    options: dict[str, object] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,10 @@ class Cost:
     seconds: float
     hvps: int = 0
     data_passes: int = 0
+    #: Extra single-micro-batch products spent checking the differentiation route.
+    check_hvps: int = 0
+    #: Products and vjps in a layer's output space (exact diagonals; far cheaper each).
+    output_space_products: int = 0
 
 
 @dataclass(frozen=True)
@@ -150,13 +156,128 @@ class ConvertResults:
 
 
 @dataclass(frozen=True)
+class Engine:
+    """How the curvature products were computed: the route and why it was chosen."""
+
+    route: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Eigenvalue:
+    """One eigenvalue with its recomputed residual ‖Cy − λy‖ and whether it met the tolerance."""
+
+    value: float
+    residual: float
+    converged: bool
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """Extreme eigenvalues of one operator (the whole model or one layer's block).
+
+    ``steps`` is the number of Lanczos steps; ``exact`` means the Krylov space became invariant,
+    so the values are exact eigenvalues to round-off.
+    """
+
+    top: list[Eigenvalue]
+    bottom: list[Eigenvalue]
+    steps: int
+    exact: bool
+    parameters: int
+
+
+@dataclass(frozen=True)
+class SpectrumResults:
+    """Results of ``hesscli spectrum``: the whole model's and (``--per-layer``) each layer's."""
+
+    top: list[Eigenvalue]
+    bottom: list[Eigenvalue]
+    steps: int
+    exact: bool
+    tolerance: float
+    layers: dict[str, Spectrum]
+    engine: Engine
+
+
+@dataclass(frozen=True)
+class Trace:
+    """A trace, its standard error and the 95 % interval half-width (0 and 0 when exact)."""
+
+    value: float
+    stderr: float
+    exact: bool
+    interval: float
+    parameters: int
+
+
+@dataclass(frozen=True)
+class TraceResults:
+    """Results of ``hesscli trace``: Tr(C) and every layer's Tr(C_ll), from the same probes.
+
+    ``stopped`` says what ended the estimate: ``exact``, ``target`` (the standard error reached
+    ``target`` × |trace|) or ``budget`` (``products`` spent).
+    """
+
+    trace: Trace
+    layers: dict[str, Trace]
+    method: str
+    stopped: str
+    probes: int
+    sketch: int
+    target: float | None
+    budget: int | None
+    engine: Engine
+
+
+@dataclass(frozen=True)
+class DiagonalEntry:
+    """One diagonal entry: parameter name, index within that tensor, value."""
+
+    parameter: str
+    index: list[int]
+    value: float
+
+
+@dataclass(frozen=True)
+class DiagonalSummary:
+    """Statistics of one layer's diagonal, as in DESIGN.md, and how it was obtained.
+
+    ``stderr`` is the root-mean-square standard error of the entries (0 when exact).
+    """
+
+    count: int
+    mean: float
+    std: float
+    min: float
+    max: float
+    median: float
+    p01: float
+    p99: float
+    fraction_negative: float
+    sum: float
+    exact: bool
+    stderr: float
+    method: str
+    largest: list[DiagonalEntry]
+
+
+@dataclass(frozen=True)
+class DiagonalResults:
+    """Results of ``hesscli diag``: one summary per layer."""
+
+    layers: dict[str, DiagonalSummary]
+    engine: Engine
+
+
+@dataclass(frozen=True)
 class Report:
     """The envelope every command returns."""
 
     command: str
     inputs: RunInputs
     settings: RunSettings
-    results: InfoResults | ConvertResults
+    results: InfoResults | ConvertResults | SpectrumResults | TraceResults | DiagonalResults
     cost: Cost
     schema_version: int = SCHEMA_VERSION
     hesscli_version: str = ""

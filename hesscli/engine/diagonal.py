@@ -90,9 +90,19 @@ def exact_diagonal(
     *,
     blocks: list[str] | None = None,
     seed: int = 0,
+    unit_columns_limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> LayerDiagonals:
-    """diag(C_ll) of every block in ``blocks`` (default: all), exact, fastest route first."""
+    """diag(C_ll) of every block in ``blocks`` (default: all), exact, fastest route first.
+
+    Args:
+        op: The operator (its blocks are the layers).
+        blocks: Block names (default: every block).
+        seed: Seed of the random check vector.
+        unit_columns_limit: Leave out blocks that would need more unit columns than this
+            (their ``methods`` entry says so); ``None``: no limit.
+        progress: Called as ``progress(blocks done, blocks)``.
+    """
     start = time.perf_counter()
     wanted = [op.layout.block(name) for name in blocks] if blocks else list(op.blocks)
     result = LayerDiagonals()
@@ -103,6 +113,9 @@ def exact_diagonal(
             values, method, count = _fast(op, block, modules.get(block.name), seed)
             result.output_products += count
         except Unsupported as why:
+            if unit_columns_limit is not None and block.size > unit_columns_limit:
+                result.methods[block.name] = f"left out ({why}; {block.size} unit columns)"
+                continue
             values, method = _unit_columns(op, block), f"{UNIT_COLUMNS} ({why})"
         result.values[block.name], result.methods[block.name] = values, method
         if progress is not None:

@@ -1,0 +1,365 @@
+"""Orchestration of the curvature commands: spectrum, trace and diag. No printing.
+
+Each ``run_*`` loads the problem (:func:`hesscli.analysis.prepare`), builds the curvature
+operator over the selected layers, hands its matmat to an algorithm, and wraps what comes back
+in the result objects of :mod:`hesscli.results`. Progress reaches the caller through
+``progress(description, done, total)``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from hesscli.algorithms.diagonal import diagonal_stats, estimate_diagonal
+from hesscli.algorithms.eigen import Eigenpair, Extremes, extreme_eigenvalues
+from hesscli.algorithms.trace import TraceEstimate, estimate_trace, traces_from_diagonal
+from hesscli.analysis import Request, operator_for, prepare, report_for
+from hesscli.engine.diagonal import exact_diagonal
+from hesscli.engine.layout import Block
+from hesscli.engine.operator import CurvatureOperator
+from hesscli.errors import ConfigError
+from hesscli.results import (
+    Cost,
+    DiagonalEntry,
+    DiagonalResults,
+    DiagonalSummary,
+    Eigenvalue,
+    Engine,
+    Report,
+    Spectrum,
+    SpectrumResults,
+    Trace,
+    TraceResults,
+)
+
+Progress = Callable[[str, int, int], None]
+#: Default relative residual tolerance of eigenvalues, by dtype (≈ what its products allow).
+TOLERANCE = {torch.float64: 1e-7, torch.float32: 1e-4}
+#: Lanczos steps at most, unless ``--max-steps`` says otherwise.
+MAX_STEPS = 300
+#: Keep Lanczos products (exact residuals for free) while they fit in this many bytes.
+KEEP_PRODUCTS_BYTES = 1 << 30
+#: ``trace``: without a budget, exact below this many parameters.
+EXACT_TRACE_PARAMETERS = 64
+#: ``diag`` in auto mode: layers needing more unit columns than this are estimated instead.
+UNIT_COLUMNS_LIMIT = 4096
+TRACE_METHODS = ("auto", "exact", "hutch++", "hutchinson")
+DIAG_MODES = ("auto", "exact", "estimate")
+
+
+def _quiet(_description: str, _done: int, _total: int) -> None:
+    return None
+
+
+def _engine(op: CurvatureOperator) -> Engine:
+    if op.route is None:
+        return Engine("none", "no product was needed")
+    return Engine(op.route.route, op.route.reason)
+
+
+def _cost(op: CurvatureOperator, start: float, output_space: int = 0) -> Cost:
+    return Cost(
+        seconds=time.perf_counter() - start,
+        hvps=op.counters.products,
+        data_passes=op.counters.data_passes,
+        check_hvps=op.counters.check_products,
+        output_space_products=output_space,
+    )
+
+
+def _generator(seed: object) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) if seed is not None else 0)
+
+
+def _positive(value: float | None, option: str) -> None:
+    if value is not None and value <= 0:
+        raise ConfigError(f"{option} must be positive, got {value}", f"pass a positive {option}")
+
+
+# -- spectrum -------------------------------------------------------------------------------
+def _eigenvalues(pairs: tuple[Eigenpair, ...]) -> list[Eigenvalue]:
+    return [Eigenvalue(p.value, p.residual, p.converged) for p in pairs]
+
+
+def _spectrum(extremes: Extremes, parameters: int) -> Spectrum:
+    return Spectrum(
+        top=_eigenvalues(extremes.top),
+        bottom=_eigenvalues(extremes.bottom),
+        steps=extremes.steps,
+        exact=extremes.exhausted,
+        parameters=parameters,
+    )
+
+
+def run_spectrum(
+    request: Request,
+    *,
+    layer_patterns: list[str],
+    top_k: int = 5,
+    bottom_k: int = 1,
+    per_layer: bool = False,
+    tol: float | None = None,
+    max_steps: int | None = None,
+    progress: Progress = _quiet,
+) -> Report:
+    """Top-k and most negative eigenvalues of the selected layers' curvature (and per layer)."""
+    if top_k < 0 or bottom_k < 0 or top_k + bottom_k == 0:
+        raise ConfigError(
+            f"--top-k {top_k} --bottom-k {bottom_k} asks for no eigenvalue",
+            "ask for at least one (--top-k ≥ 1 or --bottom-k ≥ 1)",
+        )
+    _positive(tol, "--tol")
+    _positive(max_steps, "--max-steps")
+    start = time.perf_counter()
+    prepared = prepare(request, layer_patterns=layer_patterns)
+    op = operator_for(prepared)
+    tol = tol or TOLERANCE.get(op.dtype, 1e-4)
+    limit = min(op.size, max_steps or MAX_STEPS)
+    keep = 2 * limit * op.size * op.dtype.itemsize <= KEEP_PRODUCTS_BYTES
+    seed = prepared.settings["seed"].value
+    common = {
+        "top_k": top_k,
+        "bottom_k": bottom_k,
+        "tol": tol,
+        "dtype": op.dtype,
+        "device": op.device,
+        "keep_products": keep,
+    }
+    (whole,) = extreme_eigenvalues(
+        op.matmat,
+        op.size,
+        max_steps=limit,
+        generator=_generator(seed),
+        on_step=lambda done, total: progress("Lanczos (all selected layers)", done, total),
+        **common,
+    )
+    layers: dict[str, Spectrum] = {}
+    if per_layer:
+        blocks = list(op.blocks)
+        parts = extreme_eigenvalues(
+            op.block_matmat,
+            op.size,
+            max_steps=min(max(b.size for b in blocks), max_steps or MAX_STEPS),
+            blocks=[(b.start, b.stop) for b in blocks],
+            generator=_generator(seed),
+            on_step=lambda done, total: progress("Lanczos (every layer at once)", done, total),
+            **common,
+        )
+        layers = {b.name: _spectrum(part, b.size) for b, part in zip(blocks, parts, strict=True)}
+    results = SpectrumResults(
+        top=_eigenvalues(whole.top),
+        bottom=_eigenvalues(whole.bottom),
+        steps=whole.steps,
+        exact=whole.exhausted,
+        tolerance=tol,
+        layers=layers,
+        engine=_engine(op),
+    )
+    options = {
+        "top_k": top_k,
+        "bottom_k": bottom_k,
+        "per_layer": per_layer,
+        "tol": tol,
+        "max_steps": limit,
+    }
+    return report_for("spectrum", prepared, results, _cost(op, start), options)
+
+
+# -- trace ----------------------------------------------------------------------------------
+def _trace(estimate: TraceEstimate, parameters: int) -> Trace:
+    return Trace(estimate.value, estimate.stderr, estimate.exact, estimate.interval, parameters)
+
+
+def _flat(op: CurvatureOperator, values: dict[str, torch.Tensor]) -> torch.Tensor:
+    return torch.cat([values[b.name] for b in op.blocks])
+
+
+def run_trace(
+    request: Request,
+    *,
+    layer_patterns: list[str],
+    products: int | None = None,
+    target: float | None = 0.01,
+    method: str = "auto",
+    sketch: int | None = None,
+    progress: Progress = _quiet,
+) -> Report:
+    """Tr(C) and every selected layer's Tr(C_ll), exact or from one set of probes."""
+    if method not in TRACE_METHODS:
+        raise ConfigError(f"unknown trace method {method!r}", f"use {', '.join(TRACE_METHODS)}")
+    _positive(products, "--products")
+    _positive(target, "--target-error")
+    start = time.perf_counter()
+    prepared = prepare(request, layer_patterns=layer_patterns)
+    op = operator_for(prepared)
+    blocks = list(op.blocks)
+    output_space = 0
+    exact = method == "exact" or (
+        method == "auto" and op.size <= (products or EXACT_TRACE_PARAMETERS)
+    )
+    if exact:
+        diagonal = exact_diagonal(
+            op,
+            seed=int(prepared.settings["seed"].value or 0),
+            progress=lambda done, total: progress("exact diagonal, layer by layer", done, total),
+        )
+        output_space = diagonal.output_products
+        traces = traces_from_diagonal(
+            _flat(op, diagonal.values),
+            blocks=[(b.start, b.stop) for b in blocks],
+            products=diagonal.products,
+        )
+    else:
+        if products is not None and sketch is None and method != "hutchinson":
+            sketch = min(16, max(0, (products - 8) // 3))
+        traces = estimate_trace(
+            op.matmat,
+            op.size,
+            products=products,
+            target=target,
+            sketch=0 if method == "hutchinson" else sketch,
+            blocks=[(b.start, b.stop) for b in blocks],
+            generator=_generator(prepared.settings["seed"].value),
+            dtype=op.dtype,
+            device=op.device,
+            on_step=lambda done, total: (
+                progress("Hutch++ probes", done, total)
+                if products
+                else progress("Hutch++ probes (until the target)", done, 0)
+            ),
+        )
+    results = TraceResults(
+        trace=_trace(traces.total, op.size),
+        layers={b.name: _trace(t, b.size) for b, t in zip(blocks, traces.blocks, strict=True)},
+        method=traces.method,
+        stopped=traces.stopped,
+        probes=traces.probes,
+        sketch=traces.sketch,
+        target=None if exact else target,
+        budget=products,
+        engine=_engine(op),
+    )
+    options = {"products": products, "target_error": target, "method": method}
+    return report_for("trace", prepared, results, _cost(op, start, output_space), options)
+
+
+# -- diag -----------------------------------------------------------------------------------
+def _locate(op: CurvatureOperator, block: Block, flat: int) -> tuple[str, list[int]]:
+    row = block.start + flat
+    for slot in op.layout.slots:
+        if slot.start <= row < slot.stop:
+            index = np.unravel_index(row - slot.start, slot.shape) if slot.shape else ()
+            return slot.name, [int(i) for i in index]
+    raise AssertionError(f"row {row} outside the layout")  # pragma: no cover
+
+
+def _summary(
+    op: CurvatureOperator,
+    block: Block,
+    values: torch.Tensor,
+    stderr: torch.Tensor,
+    *,
+    exact: bool,
+    method: str,
+    largest: int,
+) -> DiagonalSummary:
+    stats = diagonal_stats(values, stderr, largest=largest)
+    entries = [DiagonalEntry(*_locate(op, block, index), value) for index, value in stats.largest]
+    return DiagonalSummary(
+        count=stats.count,
+        mean=stats.mean,
+        std=stats.std,
+        min=stats.min,
+        max=stats.max,
+        median=stats.median,
+        p01=stats.p01,
+        p99=stats.p99,
+        fraction_negative=stats.fraction_negative,
+        sum=stats.sum,
+        exact=exact,
+        stderr=stats.stderr,
+        method=method,
+        largest=entries,
+    )
+
+
+def run_diag(
+    request: Request,
+    *,
+    layer_patterns: list[str],
+    mode: str = "auto",
+    products: int = 300,
+    largest: int = 5,
+    progress: Progress = _quiet,
+) -> Report:
+    """Statistics of diag(C_ll) for every selected layer, exact where affordable.
+
+    ``auto``: exact by the layer's fast route when one applies, else by unit columns up to
+    :data:`UNIT_COLUMNS_LIMIT` per layer; larger layers are estimated (Diag++, ``products``
+    products shared by every estimated layer). ``exact``: always exact. ``estimate``: always
+    estimated.
+    """
+    if mode not in DIAG_MODES:
+        raise ConfigError(f"unknown diagonal mode {mode!r}", f"use {', '.join(DIAG_MODES)}")
+    if largest < 0:
+        raise ConfigError(f"--largest must be ≥ 0, got {largest}", "pass 0 or more")
+    _positive(products, "--products")
+    start = time.perf_counter()
+    prepared = prepare(request, layer_patterns=layer_patterns)
+    op = operator_for(prepared)
+    seed = int(prepared.settings["seed"].value or 0)
+    summaries: dict[str, DiagonalSummary] = {}
+    output_space = 0
+    estimated = list(op.blocks)
+    if mode != "estimate":
+        diagonal = exact_diagonal(
+            op,
+            seed=seed,
+            unit_columns_limit=UNIT_COLUMNS_LIMIT if mode == "auto" else None,
+            progress=lambda done, total: progress("exact diagonal, layer by layer", done, total),
+        )
+        output_space = diagonal.output_products
+        for block in op.blocks:
+            if block.name in diagonal.values:
+                values = diagonal.values[block.name]
+                summaries[block.name] = _summary(
+                    op,
+                    block,
+                    values,
+                    torch.zeros_like(values),
+                    exact=True,
+                    method=diagonal.methods[block.name],
+                    largest=largest,
+                )
+        estimated = [b for b in op.blocks if b.name not in diagonal.values]
+    if estimated:
+        guess = estimate_diagonal(
+            op.matmat,
+            op.size,
+            products=products,
+            generator=_generator(seed),
+            dtype=op.dtype,
+            device=op.device,
+            on_step=lambda done, total: progress("Diag++ probes", done, total),
+        )
+        how = f"Diag++ estimate ({guess.sketch} sketch columns, {guess.probes} probes)"
+        for block in estimated:
+            rows = slice(block.start, block.stop)
+            summaries[block.name] = _summary(
+                op,
+                block,
+                guess.values[rows],
+                guess.stderr[rows],
+                exact=False,
+                method=how,
+                largest=largest,
+            )
+    results = DiagonalResults(
+        layers={b.name: summaries[b.name] for b in op.blocks}, engine=_engine(op)
+    )
+    options = {"mode": mode, "products": products, "largest": largest}
+    return report_for("diag", prepared, results, _cost(op, start, output_space), options)
