@@ -14,7 +14,10 @@ from typer.core import TyperGroup
 
 from hesscli import __version__
 from hesscli.cli.commands.convert import convert
+from hesscli.cli.commands.diag import diag
 from hesscli.cli.commands.info import info
+from hesscli.cli.commands.spectrum import spectrum
+from hesscli.cli.commands.trace import trace
 from hesscli.errors import HesscliError
 
 #: Exit codes: 0 success, 1 a ``check`` threshold failed (curvature commands), 2 bad usage/input.
@@ -90,6 +93,9 @@ def _root(
         typer.echo(ctx.get_help())
 
 
+app.command()(spectrum)
+app.command()(trace)
+app.command()(diag)
 app.command()(info)
 app.command()(convert)
 

@@ -169,3 +169,14 @@ def request_from(values: Mapping[str, Any]) -> Request:
         use_config=not values.get("no_config", False),
         trust_pickle=bool(values.get("trust_pickle", False)),
     )
+
+
+HvpMethod = Annotated[
+    str | None,
+    typer.Option(
+        "--hvp-method",
+        help="auto (default: check both routes on the first micro-batch, keep the faster "
+        "correct one), forward (forward-over-reverse) or reverse (double backward).",
+        rich_help_panel=_COMPUTE,
+    ),
+]

@@ -1,0 +1,86 @@
+"""``hesscli diag``: statistics of every selected layer's Hessian diagonal."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from hesscli.cli import options as opt
+from hesscli.cli.output import emit
+from hesscli.cli.progress import progress_bars
+from hesscli.cli.render.curvature_tables import diag_renderable
+from hesscli.diagnostics import run_diag
+from hesscli.loading.guard import refuse_to_overwrite
+
+_PANEL = "Diagonal"
+
+
+def diag(
+    checkpoint: opt.Checkpoint = None,
+    model: opt.Model = None,
+    model_kwargs: opt.ModelKwargs = None,
+    data: opt.Data = None,
+    loss: opt.Loss = None,
+    max_samples: opt.MaxSamples = None,
+    micro_batch: opt.MicroBatch = None,
+    layer: opt.Layers = None,
+    curvature: opt.Curvature = None,
+    hvp_method: opt.HvpMethod = None,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    seed: opt.Seed = None,
+    train_mode: opt.TrainMode = None,
+    trust_pickle: opt.TrustPickle = False,
+    config: opt.Config = None,
+    no_config: opt.NoConfig = False,
+    json: opt.Json = False,
+    output: opt.Output = None,
+    exact: Annotated[
+        bool | None,
+        typer.Option(
+            "--exact/--estimate",
+            help="Force the exact diagonal, or a Diag++ estimate. Default: exact where "
+            "affordable (a fast route, or at most 4096 unit columns per layer), else estimated.",
+            show_default=False,
+            rich_help_panel=_PANEL,
+        ),
+    ] = None,
+    products: Annotated[
+        int,
+        typer.Option(
+            "--products",
+            min=1,
+            help="Products for the estimate (shared by every estimated layer).",
+            rich_help_panel=_PANEL,
+        ),
+    ] = 300,
+    largest: Annotated[
+        int,
+        typer.Option(
+            "--largest",
+            min=0,
+            help="How many of the largest |entries| to list per layer (JSON).",
+            rich_help_panel=_PANEL,
+        ),
+    ] = 5,
+) -> None:
+    """Statistics of each layer's diagonal: count, mean, std, quantiles, negatives, largest.
+
+    Exact diagonals equal the element-by-element double-backward loop; estimates say so and
+    carry a standard error.
+    """
+    refuse_to_overwrite(output, [checkpoint, data, model, config])
+    request = opt.request_from(locals())
+    mode = "auto" if exact is None else ("exact" if exact else "estimate")
+    with progress_bars() as progress:
+        report = run_diag(
+            request,
+            layer_patterns=layer or [],
+            mode=mode,
+            products=products,
+            largest=largest,
+            progress=progress,
+        )
+    refuse_to_overwrite(output, report.input_files)
+    emit(report, as_json=json, output=output, table=diag_renderable)

@@ -1,0 +1,99 @@
+"""``hesscli spectrum``: top and most negative eigenvalues, of the model and of every layer."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from hesscli.cli import options as opt
+from hesscli.cli.output import emit
+from hesscli.cli.progress import progress_bars
+from hesscli.cli.render.curvature_tables import spectrum_renderable
+from hesscli.diagnostics import run_spectrum
+from hesscli.loading.guard import refuse_to_overwrite
+
+_PANEL = "Spectrum"
+
+
+def spectrum(
+    checkpoint: opt.Checkpoint = None,
+    model: opt.Model = None,
+    model_kwargs: opt.ModelKwargs = None,
+    data: opt.Data = None,
+    loss: opt.Loss = None,
+    max_samples: opt.MaxSamples = None,
+    micro_batch: opt.MicroBatch = None,
+    layer: opt.Layers = None,
+    curvature: opt.Curvature = None,
+    hvp_method: opt.HvpMethod = None,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    seed: opt.Seed = None,
+    train_mode: opt.TrainMode = None,
+    trust_pickle: opt.TrustPickle = False,
+    config: opt.Config = None,
+    no_config: opt.NoConfig = False,
+    json: opt.Json = False,
+    output: opt.Output = None,
+    top_k: Annotated[
+        int,
+        typer.Option("--top-k", min=0, help="Largest eigenvalues to find.", rich_help_panel=_PANEL),
+    ] = 5,
+    bottom_k: Annotated[
+        int,
+        typer.Option(
+            "--bottom-k",
+            min=0,
+            help="Most negative (smallest) eigenvalues to find.",
+            rich_help_panel=_PANEL,
+        ),
+    ] = 1,
+    per_layer: Annotated[
+        bool,
+        typer.Option(
+            "--per-layer",
+            help="Also the eigenvalues of every layer's own block (one Lanczos per layer, "
+            "all in the same data passes).",
+            rich_help_panel=_PANEL,
+        ),
+    ] = False,
+    tol: Annotated[
+        float | None,
+        typer.Option(
+            "--tol",
+            help="Stop when every residual ‖Cy − λy‖ ≤ TOL × ‖C‖. Default: 1e-4 in float32, "
+            "1e-7 in float64.",
+            rich_help_panel=_PANEL,
+        ),
+    ] = None,
+    max_steps: Annotated[
+        int | None,
+        typer.Option(
+            "--max-steps",
+            min=1,
+            help="Lanczos steps at most (default 300); unconverged values are flagged.",
+            rich_help_panel=_PANEL,
+        ),
+    ] = None,
+) -> None:
+    """Top-k and most negative eigenvalues, each with its residual and a converged flag.
+
+    Lanczos with full reorthogonalisation, stopped on a residual tolerance; the residuals are
+    recomputed from actual products.
+    """
+    refuse_to_overwrite(output, [checkpoint, data, model, config])
+    request = opt.request_from(locals())
+    with progress_bars() as progress:
+        report = run_spectrum(
+            request,
+            layer_patterns=layer or [],
+            top_k=top_k,
+            bottom_k=bottom_k,
+            per_layer=per_layer,
+            tol=tol,
+            max_steps=max_steps,
+            progress=progress,
+        )
+    refuse_to_overwrite(output, report.input_files)
+    emit(report, as_json=json, output=output, table=spectrum_renderable)

@@ -1,0 +1,84 @@
+"""``hesscli trace``: Tr(C) and every layer's Tr(C_ll), from the same probes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from hesscli.cli import options as opt
+from hesscli.cli.output import emit
+from hesscli.cli.progress import progress_bars
+from hesscli.cli.render.curvature_tables import trace_renderable
+from hesscli.diagnostics import run_trace
+from hesscli.loading.guard import refuse_to_overwrite
+
+_PANEL = "Trace"
+
+
+def trace(
+    checkpoint: opt.Checkpoint = None,
+    model: opt.Model = None,
+    model_kwargs: opt.ModelKwargs = None,
+    data: opt.Data = None,
+    loss: opt.Loss = None,
+    max_samples: opt.MaxSamples = None,
+    micro_batch: opt.MicroBatch = None,
+    layer: opt.Layers = None,
+    curvature: opt.Curvature = None,
+    hvp_method: opt.HvpMethod = None,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    seed: opt.Seed = None,
+    train_mode: opt.TrainMode = None,
+    trust_pickle: opt.TrustPickle = False,
+    config: opt.Config = None,
+    no_config: opt.NoConfig = False,
+    json: opt.Json = False,
+    output: opt.Output = None,
+    products: Annotated[
+        int | None,
+        typer.Option(
+            "--products",
+            min=1,
+            help="Budget of curvature-vector products (sketch included). Default: none, run "
+            "until --target-error.",
+            rich_help_panel=_PANEL,
+        ),
+    ] = None,
+    target_error: Annotated[
+        float | None,
+        typer.Option(
+            "--target-error",
+            help="Stop when the standard error is at most this fraction of |trace| "
+            "(default 0.01; 0 turns it off and spends the whole --products budget).",
+            rich_help_panel=_PANEL,
+        ),
+    ] = 0.01,
+    method: Annotated[
+        str,
+        typer.Option(
+            "--method",
+            help="auto (exact when the parameter count is within the budget, else Hutch++), "
+            "exact (sum of the exact diagonal), hutch++ or hutchinson.",
+            rich_help_panel=_PANEL,
+        ),
+    ] = "auto",
+) -> None:
+    """Trace of the curvature and of every layer's block, with standard errors.
+
+    Every layer's trace comes from the same probes and data passes as the total.
+    """
+    refuse_to_overwrite(output, [checkpoint, data, model, config])
+    request = opt.request_from(locals())
+    with progress_bars() as progress:
+        report = run_trace(
+            request,
+            layer_patterns=layer or [],
+            products=products,
+            target=target_error or None,
+            method=method,
+            progress=progress,
+        )
+    refuse_to_overwrite(output, report.input_files)
+    emit(report, as_json=json, output=output, table=trace_renderable)
