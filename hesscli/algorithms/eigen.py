@@ -26,7 +26,7 @@ Example (prescribed spectrum)::
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -41,11 +41,15 @@ EXTRA_STEPS = 5
 
 @dataclass(frozen=True)
 class Eigenpair:
-    """One Ritz value with its recomputed residual ‖C·y − θ·y‖ (‖y‖ = 1)."""
+    """One Ritz value with its recomputed residual ‖C·y − θ·y‖ and its unit Ritz vector y.
+
+    ``vector`` holds the block's rows only (float64).
+    """
 
     value: float
     residual: float
     converged: bool
+    vector: torch.Tensor | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -159,7 +163,9 @@ def _extract(run: Lanczos, top_k: int, bottom_k: int, tol: float) -> list[Extrem
     for block, (theta, top, bottom, _s) in enumerate(chosen):
         scale = float(theta.abs().max())
         found = residuals[block]
-        pairs = {i: Eigenpair(float(theta[i]), found[i], found[i] <= tol * scale) for i in found}
+        pairs = {
+            i: Eigenpair(float(theta[i]), r, r <= tol * scale, y) for i, (r, y) in found.items()
+        }
         results.append(
             Extremes(
                 top=tuple(pairs[i] for i in top),
@@ -172,23 +178,31 @@ def _extract(run: Lanczos, top_k: int, bottom_k: int, tol: float) -> list[Extrem
     return results
 
 
+Found = dict[int, tuple[float, torch.Tensor]]
+
+
+def _residuals(theta: torch.Tensor, index: list[int], y: torch.Tensor, cy: torch.Tensor) -> Found:
+    """‖C·y − θ·y‖ / ‖y‖ per column, with the normalised vectors."""
+    norms = torch.linalg.vector_norm(y, dim=0)
+    r = torch.linalg.vector_norm(cy - y * theta[index].to(y.device), dim=0) / norms
+    y = y / norms
+    return {i: (float(r[c]), y[:, c]) for c, i in enumerate(index)}
+
+
 def _stored_residuals(
     run: Lanczos, chosen: list[tuple[torch.Tensor, list[int], list[int], torch.Tensor]]
-) -> list[dict[int, float]]:
+) -> list[Found]:
     out = []
     for block, (theta, top, bottom, s) in enumerate(chosen):
         index = sorted(set(top + bottom))
         y = run.vectors(block, 0, s[:, index])
-        cy = run.images(block, 0, s[:, index])
-        r = torch.linalg.vector_norm(cy - y * theta[index].to(y.device), dim=0)
-        r = r / torch.linalg.vector_norm(y, dim=0)
-        out.append(dict(zip(index, r.tolist(), strict=True)))
+        out.append(_residuals(theta, index, y, run.images(block, 0, s[:, index])))
     return out
 
 
 def _recomputed_residuals(
     run: Lanczos, chosen: list[tuple[torch.Tensor, list[int], list[int], torch.Tensor]]
-) -> list[dict[int, float]]:
+) -> list[Found]:
     """One more block product: column c holds, in every block, that block's c-th Ritz vector."""
     indices = [sorted(set(top + bottom)) for _theta, top, bottom, _s in chosen]
     width = max(len(i) for i in indices)
@@ -205,7 +219,5 @@ def _recomputed_residuals(
         start, stop = run.segments.bounds[block]
         n = len(indices[block])
         y, cy = ys[start:stop, :n].double(), cys[start:stop, :n].double()
-        r = torch.linalg.vector_norm(cy - y * theta[indices[block]].to(y.device), dim=0)
-        r = r / torch.linalg.vector_norm(y, dim=0)
-        out.append(dict(zip(indices[block], r.tolist(), strict=True)))
+        out.append(_residuals(theta, indices[block], y, cy))
     return out
