@@ -129,8 +129,10 @@ class Lanczos:
         """T of process (block, column): ``(d, d)`` float64 on the CPU, d its depth."""
         d = int(self.depth[block, column])
         alpha = torch.stack([a[block, column] for a in self.alphas[:d]]).cpu()
-        beta = torch.tensor(
-            [float(b[block, column]) for b in self.betas[: d - 1]], dtype=torch.float64
+        beta = (
+            torch.stack([b[block, column] for b in self.betas[: d - 1]]).cpu()
+            if d > 1
+            else alpha.new_zeros(0)
         )
         return torch.diag(alpha) + torch.diag(beta, 1) + torch.diag(beta, -1)
 
