@@ -18,7 +18,7 @@ import os
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -379,37 +379,73 @@ def render(console: Console, title: str, rows: dict[str, Row], busy: float) -> N
             f"{r.peak_bytes / 2**20:.2f}", f"{r.peak_bytes / max(grad.peak_bytes, 1):.1f}",
         )  # fmt: skip
     console.print(table)
-    comparison = Table(
-        title="peer time / hesscli time, per product (> 1: hesscli faster)", title_justify="left"
-    )
-    comparison.add_column("comparison")
-    comparison.add_column("ratio", justify="right")
-    for label, value in ratios(rows).items():
-        comparison.add_row(label, f"{value:.2f}")
-    console.print(comparison)
+    title = "peer time / hesscli time, per product (> 1: hesscli faster)"
+    ratio_table(console, title, ratios(rows))
+    print_busy(console, busy)
+
+
+def ratio_table(console: Console, title: str, values: Mapping[str, float | None]) -> None:
+    """Print ``label: ratio`` rows (None: not measured)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("comparison")
+    table.add_column("ratio", justify="right")
+    for label, value in values.items():
+        table.add_row(label, "—" if value is None else f"{value:.2f}")
+    console.print(table)
+
+
+def print_busy(console: Console, busy: float) -> None:
+    """Print how busy other processes kept the CPU (in red above 5 %)."""
     line = f"other processes used {busy:.0%} of the CPU time during these measurements"
     console.print(
         line if busy <= 0.05 else f"[bold red]warning: {line}; rerun on a quiet machine[/]"
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def options(description: str, models: dict[str, Any], repeats: int) -> argparse.ArgumentParser:
+    """The options every benchmark takes: ``--device``, ``--repeats``, ``--models``, ``--json``."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    parser.add_argument("--repeats", type=int, default=5, help="least timed runs after a warm-up")
     parser.add_argument(
-        "--models", default="mlp,cnn,digits_cnn", help=f"comma-separated, of {', '.join(MODELS)}"
+        "--repeats", type=int, default=repeats, help="least timed runs after a warm-up"
+    )
+    parser.add_argument(
+        "--models", default=",".join(models), help=f"comma-separated, of {', '.join(models)}"
     )
     parser.add_argument("--json", type=Path, help="also write every number to this file")
-    args = parser.parse_args()
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if cuda else "cpu")
-    console = Console(width=None if Console().is_terminal else 200)
-    versions = {p: version(p) for p in ("torch", "hesscli", "PyHessian", "curvlinops-for-pytorch")}
+    return parser
+
+
+def begin(
+    device: str, packages: tuple[str, ...], width: int = 200
+) -> tuple[torch.device, Console, dict[str, str]]:
+    """The device (``auto``: CUDA if there is one), a console and the packages' versions.
+
+    Prints the device, torch's thread count and the versions.
+    """
+    cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+    chosen = torch.device("cuda" if cuda else "cpu")
+    console = Console(width=None if Console().is_terminal else width)
+    versions = {p: version(p) for p in packages}
     console.print(
-        f"device {device}, {torch.get_num_threads()} torch threads, float32; "
+        f"device {chosen}, {torch.get_num_threads()} torch threads, float32; "
         + ", ".join(f"{k} {v}" for k, v in versions.items())
     )
+    return chosen, console, versions
+
+
+def write_json(console: Console, path: Path | None, report: dict[str, Any]) -> None:
+    """Write ``report`` to ``path`` (if given) and say so."""
+    if path:
+        path.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+        console.print(f"wrote {path}")
+
+
+def main() -> None:
+    args = options(__doc__.splitlines()[0], MODELS, repeats=5).parse_args()
+    packages = ("torch", "hesscli", "PyHessian", "curvlinops-for-pytorch")
+    device, console, versions = begin(args.device, packages)
+    cuda = device.type == "cuda"
     console.print("torch.eig is NOT shimmed (only PyHessian's density() needs it; not called).")
     how = "torch.cuda.max_memory_allocated" if cuda else "torch.profiler events, tensors only"
     console.print(f"peak = extra memory allocated at the peak of one call ({how}).")
@@ -428,9 +464,7 @@ def main() -> None:
             "parameters": bench.size, "samples": len(y), "repeats": args.repeats, "others": busy,
             "rows": {k: asdict(r) for k, r in rows.items()}, "ratios": ratios(rows),
         }  # fmt: skip
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False))
-        console.print(f"wrote {args.json}")
+    write_json(console, args.json, report)
 
 
 if __name__ == "__main__":

@@ -10,17 +10,13 @@ float64 ARPACK (eigenvalues).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
-import json
 import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,13 +26,18 @@ from backpack.extensions import DiagHessian
 from curvlinops import HessianLinearOperator, hutchpp_trace, xdiag
 from engine import (
     Bench,
+    begin,
     cpu_ticks,
     median_seconds,
     memory_dataset,
     mlp,
+    options,
     others_share,
+    print_busy,
+    ratio_table,
     sample_problem,
     sync,
+    write_json,
 )
 from pyhessian import hessian as PyHessian  # GPL: imported and called, never copied
 from rich.console import Console
@@ -129,9 +130,9 @@ class Counter:
 
 
 @contextlib.contextmanager
-def pyhessian_products() -> Iterator[Counter]:
+def pyhessian_products(counter: Counter) -> Iterator[None]:
     """Count PyHessian's products: wrap the ``hessian_vector_product`` its module calls."""
-    module, counter = sys.modules["pyhessian.hessian"], Counter()
+    module = sys.modules["pyhessian.hessian"]
     original = module.hessian_vector_product
 
     def counted(*args: Any) -> Any:
@@ -140,7 +141,7 @@ def pyhessian_products() -> Iterator[Counter]:
 
     module.hessian_vector_product = counted
     try:
-        yield counter
+        yield
     finally:
         module.hessian_vector_product = original
 
@@ -178,6 +179,7 @@ class Spectral(Bench):
         y: Its class labels.
         repeats: Least number of timed runs after a warm-up.
         cap: Seconds ARPACK may spend on the most negative eigenvalue.
+        trace_budget: Most products hesscli's 1 % trace may spend (0: no cap).
         dense_limit: Largest parameter count whose dense float64 Hessian is the reference.
     """
 
@@ -189,15 +191,17 @@ class Spectral(Bench):
         repeats: int,
         *,
         cap: float,
+        trace_budget: int,
         dense_limit: int,
     ) -> None:
         super().__init__(model, x, y, repeats)
-        self.cap, self.dense_limit = cap, dense_limit
+        self.cap, self.trace_budget, self.dense_limit = cap, trace_budget, dense_limit
         self.layout = self.op("hessian", method="reverse", verify=False).layout
         self.bounds = [(b.start, b.stop) for b in self.layout.blocks]
         self.first = self.layout.blocks[0]
         self.cuda = self.device.type == "cuda"
         self.v0 = np.random.default_rng(0).standard_normal(self.size)  # ARPACK's start vector
+        self.pyhessian = Counter()
         self.truth = self._exact()
 
     def _reference(self, kind: str) -> torch.Tensor:
@@ -243,8 +247,9 @@ class Spectral(Bench):
         # Diagonal entries at random coordinates, from unit-vector products in float64.
         rows = torch.randperm(self.size, generator=generator())[:CHECK_ENTRIES].to(self.device)
         unit = torch.zeros(self.size, len(rows), dtype=torch.float64, device=self.device)
-        unit[rows, torch.arange(len(rows))] = 1
-        entries = op.matmat(unit)[rows, torch.arange(len(rows))]
+        columns = torch.arange(len(rows), device=self.device)
+        unit[rows, columns] = 1
+        entries = op.matmat(unit)[rows, columns]
         gap = float((diagonal[rows] - entries).norm() / entries.norm())
         (lanczos,) = extreme_eigenvalues(
             op.matmat, op.size, top_k=5, bottom_k=1, tol=1e-10, max_steps=400,
@@ -253,6 +258,7 @@ class Spectral(Bench):
         top, bottom = [p.value for p in lanczos.top], lanczos.bottom[0].value
         arpack = self._arpack64(model, x)
         spread = max(relative(a, b) for a, b in zip(arpack, [*top, bottom], strict=True))
+        agree = f"{spread:.0e}" if spread < 1e-6 else f"[bold red]{spread:.0e} only[/]"
         residual = max(p.residual for p in (*lanczos.top, *lanczos.bottom)) / lanczos.scale
         return Reference(
             top=top,
@@ -264,7 +270,7 @@ class Spectral(Bench):
                 "eigenvalues": (
                     f"float64 Lanczos, tol 1e-10, {lanczos.steps} steps, residuals ≤ "
                     f"{residual:.0e}·‖H‖; float64 ARPACK (curvlinops, tol 1e-10) agrees to "
-                    f"{spread:.0e}"
+                    f"{agree}"
                 ),
                 "trace, diagonal": (
                     f"BackPACK DiagHessian in float64; {len(rows)} random entries match "
@@ -276,23 +282,26 @@ class Spectral(Bench):
 
     def _arpack64(self, model: nn.Module, x: torch.Tensor) -> list[float]:
         """Top-5 and the most negative eigenvalue by ARPACK on curvlinops' float64 operator."""
-        lin = HessianLinearOperator(model, nn.CrossEntropyLoss(), list(model.parameters()), [
-            (x, self.y)
-        ])  # fmt: skip
-        scipy_op = lin.to_scipy()
+        data, params = [(x, self.y)], list(model.parameters())
+        scipy_op = HessianLinearOperator(model, nn.CrossEntropyLoss(), params, data).to_scipy()
         top = eigsh(scipy_op, k=5, which="LA", tol=1e-10, v0=self.v0, return_eigenvectors=False)
         bottom = eigsh(scipy_op, k=1, which="SA", tol=1e-10, v0=self.v0, return_eigenvectors=False)
         return [*sorted(top.tolist(), reverse=True), float(bottom[0])]
 
     # -- measuring -------------------------------------------------------------------------------
     def measure(self, tool: str, task: str, call: Callable[[Any], Outcome], **how: Any) -> Row:
-        """Time ``call(setup())`` (``how``: setup, error), keep the last run's outcome."""
+        """Time ``call(setup())``, keep the last run's outcome.
+
+        ``how``: ``setup``, ``error`` (outcome value → relative error), ``long`` (a call of tens
+        of seconds: timed once after the warm-up, whatever ``--repeats`` says).
+        """
         outcomes: list[Outcome] = []
+        repeats = 1 if how.get("long") else self.repeats
         try:
             seconds = median_seconds(
                 lambda state: outcomes.append(call(state)),
                 how.get("setup", object),
-                self.repeats,
+                repeats,
                 self.device,
             )
         except Exception as error:  # a failing tool is a row, not the end of the benchmark
@@ -304,8 +313,7 @@ class Spectral(Bench):
     def run(self) -> dict[str, Row]:  # type: ignore[override]
         """Every task, in table order, keyed by a short id."""
         rows: dict[str, Row] = {}
-        with pyhessian_products() as counter:
-            self.pyhessian = counter
+        with pyhessian_products(self.pyhessian):
             rows |= self._top()
             rows |= self._bottom()
             rows |= self._trace()
@@ -333,12 +341,13 @@ class Spectral(Bench):
         """Lanczos by hesscli, cold (operator built and checked in the timing) and warm."""
 
         def solve(op: CurvatureOperator) -> Outcome:
-            before = hesscli_products(op)
+            before, checks = hesscli_products(op), op.counters.check_products
             (found,) = extreme_eigenvalues(
                 op.matmat, op.size, top_k=top_k, bottom_k=bottom_k, tol=TOL,
                 generator=generator(), dtype=torch.float32, device=self.device,
             )  # fmt: skip
-            return _lanczos_outcome(found, hesscli_products(op) - before, op)
+            products = hesscli_products(op) - before
+            return _lanczos_outcome(found, products, op.counters.check_products - checks, op)
 
         def error(v: list[float] | float) -> float:
             return self._eigen_error(v, key)
@@ -423,10 +432,10 @@ class Spectral(Bench):
         task = "trace"
         error = lambda v: relative(v, self.truth.trace)  # noqa: E731
 
-        def hesscli(op: CurvatureOperator, budget: int | None) -> Outcome:
+        def hesscli(op: CurvatureOperator, budget: int | None, target: float | None) -> Outcome:
             before = hesscli_products(op)
             found = estimate_trace(
-                op.matmat, op.size, products=budget, target=None if budget else TRACE_TARGET,
+                op.matmat, op.size, products=budget, target=target,
                 blocks=self.bounds, generator=generator(), dtype=torch.float32,
                 device=self.device,
             )  # fmt: skip
@@ -443,16 +452,16 @@ class Spectral(Bench):
             stderr = found.total.stderr / abs(found.total.value)
             return Outcome(found.total.value, hesscli_products(op) - before, True, note, stderr)
 
+        budget = self.trace_budget or None
+        cap = f"≤ {budget:,} products" if budget else "no cap"
         rows = {}
-        for key, tool, call, setup in (
-            ("trace.hesscli", "hesscli Hutch++, target 1 % (cold)",
-             lambda _: hesscli(self.op("hessian"), None), object),
-            ("trace.warm", "hesscli Hutch++, target 1 % (warm operator)",
-             lambda op: hesscli(op, None), self.warm_op),
+        for key, tool, call, setup, long in (
+            ("trace.hesscli", f"hesscli Hutch++, target 1 %, {cap} (cold)",
+             lambda _: hesscli(self.op("hessian"), budget, TRACE_TARGET), object, True),
             ("trace.h48", f"hesscli Hutch++, {HUTCHPP} products (warm operator)",
-             lambda op: hesscli(op, HUTCHPP), self.warm_op),
+             lambda op: hesscli(op, HUTCHPP, None), self.warm_op, False),
         ):  # fmt: skip
-            rows[key] = self.measure(tool, task, call, setup=setup, error=error)
+            rows[key] = self.measure(tool, task, call, setup=setup, error=error, long=long)
 
         def pyhessian(_: object) -> Outcome:
             torch.manual_seed(0)  # its Rademacher probes
@@ -499,42 +508,48 @@ class Spectral(Bench):
             return Outcome(value, lin.products, None, f"xdiag({XDIAG}); incl. construction check")
 
         rows["diag.xdiag"] = self.measure(
-            f"curvlinops XDiag {XDIAG}", task_all, xdiagonal, error=whole
+            f"curvlinops XDiag {XDIAG}", task_all, xdiagonal, error=whole, long=True
         )
         api = layer_diagonal_api()
         if api is not None:
-            for key, task, blocks, error in (
-                ("diag.hesscli0", task_first, [first.name], layer),
-                ("diag.hesscli", task_all, None, whole),
-            ):
-                call = lambda _, b=blocks: self._layer_diagonals(api, b)  # noqa: E731
-                rows[key] = self.measure("hesscli exact_diagonal", task, call, error=error)
+            tool, cold = "hesscli exact_diagonal", lambda _, b: self._layer_diagonals(api, b)
+            for key, suffix, task, blocks, error, setup, call in (
+                ("diag.hesscli", "(cold)", task_all, None, whole, object, cold),
+                ("diag.hesscli0", "(cold)", task_first, [first.name], layer, object, cold),
+                ("diag.warm0", "(warm operator)", task_first, [first.name], layer, self.warm_op,
+                 lambda op, b: self._layer_diagonals(api, b, op)),
+            ):  # fmt: skip
+                run = lambda state, c=call, b=blocks: c(state, b)  # noqa: E731
+                rows[key] = self.measure(f"{tool} {suffix}", task, run, setup=setup, error=error)
         elif self.size <= self.dense_limit:
             note = "unit columns, 64 per pass (hesscli.engine.diagonal missing)"
             for key, task, (start, stop), error in (
-                ("diag.hesscli0", task_first, (first.start, first.stop), layer),
                 ("diag.hesscli", task_all, (0, self.size), whole),
+                ("diag.hesscli0", task_first, (first.start, first.stop), layer),
             ):
                 call = lambda _, a=start, b=stop, n=note: self._columns(a, b, n)  # noqa: E731
                 rows[key] = self.measure("hesscli unit columns", task, call, error=error)
         else:
             missing = "not available: hesscli.engine.diagonal is missing"
-            rows["diag.hesscli0"] = Row("hesscli exact_diagonal", task_first, None, note=missing)
             rows["diag.hesscli"] = Row("hesscli exact_diagonal", task_all, None, note=missing)
+            rows["diag.hesscli0"] = Row("hesscli exact_diagonal", task_first, None, note=missing)
         return rows
 
-    def _layer_diagonals(self, api: Callable[..., Any], blocks: list[str] | None) -> Outcome:
-        """The exact per-layer diagonal by hesscli on a fresh operator (cold)."""
-        op = self.op("hessian")
+    def _layer_diagonals(
+        self, api: Callable[..., Any], blocks: list[str] | None, op: CurvatureOperator | None = None
+    ) -> Outcome:
+        """The exact per-layer diagonals by hesscli (on a fresh operator unless ``op`` is given)."""
+        op = op or self.op("hessian")
+        before, checks = hesscli_products(op), op.counters.check_products
         found = api(op, blocks=blocks)
         names = [b.name for b in self.layout.blocks if blocks is None or b.name in blocks]
         value = torch.cat([found.values[n].reshape(-1) for n in names]).double()
         methods = ", ".join(sorted(set(found.methods.values())))
         note = (
             f"{methods}; + {found.output_products:,} layer-output products/vjps; "
-            f"{op.counters.check_products} of the products are checks"
+            f"{op.counters.check_products - checks} of the products are checks"
         )
-        return Outcome(value, found.products + op.counters.check_products, True, note)
+        return Outcome(value, hesscli_products(op) - before, True, note)
 
     def _columns(self, start: int, stop: int, note: str) -> Outcome:
         """Fallback: diag of rows ``start:stop`` from unit columns (``stop − start`` products)."""
@@ -556,7 +571,8 @@ class Spectral(Bench):
         return float((value.to(reference) - reference).norm() / reference.norm())
 
 
-def _lanczos_outcome(found: Extremes, products: int, op: CurvatureOperator) -> Outcome:
+def _lanczos_outcome(found: Extremes, products: int, checks: int, op: CurvatureOperator) -> Outcome:
+    """Values (top-5 list, or the most negative), products and a note of one Lanczos run."""
     pairs = (*found.top, *found.bottom)
     values = [p.value for p in found.top] or pairs[0].value
     converged = all(p.converged for p in pairs)
@@ -565,7 +581,7 @@ def _lanczos_outcome(found: Extremes, products: int, op: CurvatureOperator) -> O
     note = (
         f"{found.steps} steps, residuals ≤ {worst:.0e}·‖H‖"
         f"{'' if converged else ' [red](not converged)[/]'}; route {route}, "
-        f"{op.counters.check_products} check products"
+        f"{checks} of the products are checks"
     )
     return Outcome(values, products, converged, note)
 
@@ -617,7 +633,8 @@ def judge(target: Target, rows: dict[str, Row]) -> dict[str, Any]:
     ratio = ours.seconds / peer.seconds
     accurate = target.accurate(ours)
     fast = ratio <= target.factor
-    out |= {"peer": peer.tool, "ratio": ratio, "accurate": accurate, "peer_capped": bound}
+    out |= {"peer": peer.tool, "seconds": ours.seconds, "peer_seconds": peer.seconds}
+    out |= {"ratio": ratio, "accurate": accurate, "peer_capped": bound}
     if bound and not fast and accurate:
         out["verdict"] = "n/a"  # the peer never converged: its real time is unknown
     else:
@@ -635,7 +652,11 @@ RATIOS = [
      "trace.hutchpp"),
     ("trace: hesscli Hutch++-48 warm / curvlinops Hutch++-48", "trace.h48", "trace.hutchpp"),
     ("trace: hesscli cold / PyHessian trace()", "trace.hesscli", "trace.pyhessian"),
+    # Every layer's trace is read off the products of the global run: 1 by construction.
+    ("trace: hesscli per-layer / global (same run, same products)", "trace.hesscli",
+     "trace.hesscli"),
     ("diagonal: hesscli layer 0 / BackPACK whole model", "diag.hesscli0", "diag.backpack"),
+    ("diagonal: hesscli layer 0, warm / BackPACK whole model", "diag.warm0", "diag.backpack"),
     ("diagonal: hesscli whole model / BackPACK whole model", "diag.hesscli", "diag.backpack"),
 ]  # fmt: skip
 
@@ -644,10 +665,8 @@ def ratios(rows: dict[str, Row]) -> dict[str, float | None]:
     """Time of hesscli / time of a peer (< 1: hesscli is faster); None where one did not run."""
     out: dict[str, float | None] = {}
     for label, ours, peer in RATIOS:
-        a, b = rows[ours].seconds, rows[peer].seconds
+        a, b = (rows[k].seconds if k in rows else None for k in (ours, peer))
         out[label] = None if a is None or b is None else a / b
-    # Every layer's trace is read off the global run's products: no product of its own.
-    out["trace: per-layer cost / global cost (same products, by construction)"] = 1.0
     return out
 
 
@@ -674,47 +693,35 @@ def render(console: Console, title: str, rows: dict[str, Row], truth: Reference)
         console.print(f"reference for {task}: {how}")
     verdicts = Table(title="targets (hesscli cold: operator built and checked in the timing)",
                      title_justify="left")  # fmt: skip
-    for name in ("target", "peer", "hesscli / peer time", "accuracy", "verdict"):
-        verdicts.add_column(name)
+    for name in ("target", "peer", "hesscli s", "peer s", "hesscli / peer", "accuracy", "verdict"):
+        verdicts.add_column(name, justify="right" if name.endswith(("s", "peer")) else "left")
     for target in TARGETS:
         v = judge(target, rows)
         ratio = "—" if v["ratio"] is None else f"{v['ratio']:.2f}"
         if v.get("peer_capped"):
             ratio += " (peer capped, not converged)"
         colour = {"PASS": "green", "FAIL": "red"}.get(v["verdict"], "yellow")
-        accuracy = f"{target.condition}: {'yes' if v.get('accurate') else 'no'}"
+        met = {True: "yes", False: "no", None: "—"}[v.get("accurate")]
+        accuracy = f"{target.condition}: {met}"
+        seconds = [v.get(k) for k in ("seconds", "peer_seconds")]
         verdicts.add_row(
-            target.name, v.get("peer", "—"), ratio, accuracy, f"[{colour}]{v['verdict']}[/]"
-        )
+            target.name, v.get("peer", "—"), *("—" if t is None else f"{t:.3f}" for t in seconds),
+            ratio, accuracy, f"[{colour}]{v['verdict']}[/]",
+        )  # fmt: skip
     console.print(verdicts)
-    comparison = Table(title="hesscli time / peer time (< 1: hesscli faster)", title_justify="left")
-    comparison.add_column("comparison")
-    comparison.add_column("ratio", justify="right")
-    for label, value in ratios(rows).items():
-        comparison.add_row(label, "—" if value is None else f"{value:.2f}")
-    console.print(comparison)
+    ratio_table(console, "hesscli time / peer time (< 1: hesscli faster)", ratios(rows))
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto")
-    parser.add_argument("--repeats", type=int, default=3, help="least timed runs after a warm-up")
-    parser.add_argument(
-        "--models", default="mlp,small", help=f"comma-separated, of {', '.join(MODELS)}"
-    )
+    parser = options(__doc__.splitlines()[0], MODELS, repeats=3)
     parser.add_argument("--cap", type=float, default=10.0, help="seconds for eigsh's bottom run")
-    parser.add_argument("--json", type=Path, help="also write every number to this file")
+    parser.add_argument(
+        "--trace-budget", type=int, default=1000, help="cap on hesscli's 1 %% trace (0: none)"
+    )
     args = parser.parse_args()
-    cuda = args.device == "cuda" or (args.device == "auto" and torch.cuda.is_available())
-    device = torch.device("cuda" if cuda else "cpu")
-    console = Console(width=None if Console().is_terminal else 220)
     packages = ("torch", "hesscli", "PyHessian", "curvlinops-for-pytorch", "backpack-for-pytorch",
                 "scipy")  # fmt: skip
-    versions = {p: version(p) for p in packages}
-    console.print(
-        f"device {device}, {torch.get_num_threads()} torch threads, float32; "
-        + ", ".join(f"{k} {v}" for k, v in versions.items())
-    )
+    device, console, versions = begin(args.device, packages, width=220)
     console.print(
         f"seconds: median of ≥{args.repeats} runs after a warm-up; products: Hessian-vector "
         "products (a K-column call counts K); rel. err: |x − ref| / |ref| (top-5: worst of the "
@@ -726,7 +733,7 @@ def main() -> None:
         model, x, y = MODELS[name]()
         bench = Spectral(
             model.to(device), x.to(device), y.to(device), args.repeats, cap=args.cap,
-            dense_limit=20_000,
+            trace_budget=args.trace_budget, dense_limit=20_000,
         )  # fmt: skip
         rows = bench.run()
         busy = others_share(start)
@@ -735,17 +742,14 @@ def main() -> None:
             f"(references took {bench.truth.seconds:.1f} s, not counted)"
         )
         render(console, title, rows, bench.truth)
-        line = f"other processes used {busy:.0%} of the CPU time during these measurements"
-        console.print(line if busy <= 0.05 else f"[bold red]warning: {line}; rerun when quiet[/]")
+        print_busy(console, busy)
         truth = asdict(bench.truth) | {"diagonal": None}
         report[name] = {
             "parameters": bench.size, "samples": len(y), "repeats": args.repeats, "others": busy,
             "reference": truth, "rows": {k: asdict(r) for k, r in rows.items()},
             "targets": [judge(t, rows) for t in TARGETS], "ratios": ratios(rows),
         }  # fmt: skip
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=2, ensure_ascii=False))
-        console.print(f"wrote {args.json}")
+    write_json(console, args.json, report)
 
 
 if __name__ == "__main__":
