@@ -18,7 +18,7 @@ from hesscli.algorithms.diagonal import diagonal_stats, estimate_diagonal
 from hesscli.algorithms.eigen import Eigenpair, Extremes, extreme_eigenvalues
 from hesscli.algorithms.trace import TraceEstimate, estimate_trace, traces_from_diagonal
 from hesscli.analysis import Request, operator_for, prepare, report_for
-from hesscli.engine.diagonal import exact_diagonal
+from hesscli.engine.diagonal import exact_diagonal, has_fast_route
 from hesscli.engine.layout import Block
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.errors import ConfigError
@@ -57,7 +57,7 @@ def _quiet(_description: str, _done: int, _total: int) -> None:
 
 def _engine(op: CurvatureOperator) -> Engine:
     if op.route is None:
-        return Engine("none", "no product was needed")
+        return Engine("none", "no parameter-space product was needed (layer-output routes)")
     return Engine(op.route.route, op.route.reason)
 
 
@@ -198,8 +198,13 @@ def run_trace(
     op = operator_for(prepared)
     blocks = list(op.blocks)
     output_space = 0
+    # auto: exact when that is cheap — few parameters, or every layer has a fast exact diagonal
     exact = method == "exact" or (
-        method == "auto" and op.size <= (products or EXACT_TRACE_PARAMETERS)
+        method == "auto"
+        and (
+            op.size <= (products or EXACT_TRACE_PARAMETERS)
+            or all(has_fast_route(op, b) for b in blocks)
+        )
     )
     if exact:
         diagonal = exact_diagonal(

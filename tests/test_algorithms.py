@@ -67,13 +67,29 @@ def test_lanczos_at_full_depth_reconstructs_the_matrix() -> None:
     assert torch.allclose(q @ run.tridiagonal(0, 0) @ q.T, a, atol=1e-10)
 
 
-def test_lanczos_stops_on_an_invariant_subspace() -> None:
+def test_lanczos_restarts_when_its_krylov_space_closes() -> None:
     a = torch.diag(torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=F64))
     start = torch.tensor([[1.0], [1.0], [0.0], [0.0]], dtype=F64)  # lives in a 2-d eigenspace
-    run = Lanczos(lambda v: a @ v, start)
+    run = Lanczos(lambda v: a @ v, start, generator=torch.Generator().manual_seed(0))
     run.extend(10)
-    assert run.steps == 2 and run.done
-    assert torch.linalg.eigvalsh(run.tridiagonal(0, 0)).tolist() == pytest.approx([1.0, 2.0])
+    assert run.steps == 4 and run.done and run.restarts == 1
+    assert float(run.betas[1][0, 0]) == 0.0  # T stays tridiagonal, split at the restart
+    assert torch.linalg.eigvalsh(run.tridiagonal(0, 0)).tolist() == pytest.approx([1, 2, 3, 4])
+    q = torch.cat(run.basis[:4], dim=1)
+    assert torch.allclose(q.T @ q, torch.eye(4, dtype=F64), atol=1e-12)
+
+
+def test_repeated_eigenvalues_are_all_found() -> None:
+    """A last-layer block of an MSE loss is I ⊗ A: every eigenvalue repeated per output."""
+    g = torch.Generator().manual_seed(0)
+    m = torch.randn(6, 3, generator=g, dtype=F64)
+    kron = torch.kron(torch.eye(5, dtype=F64), m @ m.T)  # rank 15, each eigenvalue ×5
+    truth = torch.linalg.eigvalsh(kron)
+    (result,) = extreme_eigenvalues(
+        lambda v: kron @ v, 30, top_k=7, bottom_k=1, tol=1e-10, dtype=F64, generator=g
+    )
+    assert [p.value for p in result.top] == pytest.approx(truth.flip(0)[:7].tolist(), rel=1e-9)
+    assert result.bottom[0].value == pytest.approx(0.0, abs=1e-10)
 
 
 def test_lanczos_blocks_run_independent_processes_in_lockstep() -> None:
@@ -198,7 +214,7 @@ def test_same_seed_same_numbers_and_a_zero_operator() -> None:
 
     assert run(7) == run(7)
     (zero,) = extreme_eigenvalues(lambda v: 0 * v, 10, top_k=2, dtype=F64)
-    assert [p.value for p in zero.top] == [0.0] and zero.top[0].converged
+    assert [p.value for p in zero.top] == [0.0, 0.0] and zero.top[0].converged and zero.exhausted
 
 
 def test_eigenvalue_arguments_are_checked() -> None:

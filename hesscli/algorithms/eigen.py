@@ -4,7 +4,14 @@ Method: Lanczos with full reorthogonalisation (:mod:`.lanczos`) from one random 
 block; after each step the Ritz pairs (θᵢ, yᵢ) of T are checked. The residual of a Ritz pair is
 ‖C·yᵢ − θᵢ·yᵢ‖; the recurrence gives it for free as |β_d·sᵢ[d]|, and the run stops once every
 requested pair has residual ≤ ``tol``·‖C‖ (‖C‖ estimated by the largest |θ|) — a stopping rule
-on accuracy, not an iteration count. The reported residuals are then **recomputed** from actual
+on accuracy, not an iteration count. The tolerance is relative to ‖C‖, so an eigenvalue much
+smaller than ‖C‖ (often the most negative one) is known to ``tol``·‖C‖ absolutely.
+
+Repeated eigenvalues: one Krylov space holds one copy of each. When a block's Krylov space
+closes (it then restarts, see :mod:`.lanczos`), the block is run until it is spanned, so every
+copy is found (last-layer blocks of an MSE loss, I ⊗ A, do this). A repeated eigenvalue whose
+Krylov space never closes within ``max_steps`` is reported once — a limit of single-vector
+Lanczos. The reported residuals are then **recomputed** from actual
 products: C·yᵢ = (C·Q)·sᵢ from the stored products, or by one more matmat when they were not
 kept. By Bauer–Fike some eigenvalue of C lies within the residual of each reported value, and
 the error is typically far smaller (≈ residual²/gap).
@@ -113,7 +120,9 @@ def extreme_eigenvalues(
     segments = Segments.of(size, blocks, device=device)
     limit = max(segments.sizes) if max_steps is None else max(1, min(max_steps, size))
     start = torch.randn(size, 1, generator=generator, dtype=torch.float64).to(device, dtype)
-    run = Lanczos(matmat, start, segments=segments, keep_products=keep_products)
+    run = Lanczos(
+        matmat, start, segments=segments, keep_products=keep_products, generator=generator
+    )
     wanted = top_k + bottom_k
     while run.steps < limit and not run.done:
         run.step()
@@ -142,6 +151,10 @@ def _all_converged(run: Lanczos, top_k: int, bottom_k: int, tol: float) -> bool:
     for block in range(run.segments.count):
         if bool(run.finished[block, 0]):
             continue
+        if run.restarted(block, 0):
+            # Its Krylov space closed: the block may hold repeated eigenvalues, of which each
+            # Krylov space sees one copy. Only spanning the block makes the count certain.
+            return False
         theta, s = _ritz(run, block)
         top, bottom = _wanted(len(theta), top_k, bottom_k)
         estimate = (run.last_beta(block, 0) * s[-1, top + bottom]).abs()

@@ -11,8 +11,11 @@ the extreme eigenvalues of C first; the quadrature nodes of T_m give the spectra
 Every column of the start block and every row block (layer) of :class:`Segments` runs its own
 process in lockstep, so one call of the matmat advances all of them: per-layer Lanczos on a
 block-diagonal operator costs one data pass per step, not one per layer. A process whose Krylov
-space becomes invariant (β ≈ 0, e.g. after ``size`` steps) stops there: its Ritz values are then
-exact eigenvalues to round-off.
+space becomes invariant (β ≈ 0) before it spans its block restarts from a random vector
+orthogonal to everything so far (β = 0 is recorded, so T stays tridiagonal): a single Krylov
+space holds one copy of a repeated eigenvalue, and the restarts find the other copies (a
+last-layer block of an MSE loss is I ⊗ A, every eigenvalue repeated per output). A process ends
+when it spans its block; its Ritz values are then exact eigenvalues to round-off.
 
 Example (a diagonal matrix, exact at full depth)::
 
@@ -45,6 +48,7 @@ class Lanczos:
         segments: Row blocks, one process each (default: all rows, one process per column).
         keep_products: Store every product C·q_j too, so that Ritz residuals can be recomputed
             from actual products without calling the matmat again (costs a second basis).
+        generator: CPU generator for restart vectors.
 
     Attributes:
         basis: ``q_1, q_2, …`` as ``(P, K)`` tensors (a finished process has zero columns).
@@ -61,17 +65,23 @@ class Lanczos:
         *,
         segments: Segments | None = None,
         keep_products: bool = False,
+        generator: torch.Generator | None = None,
     ) -> None:
         if start.ndim == 1:
             start = start[:, None]
         self.matmat = matmat
         self.segments = segments or Segments.of(start.shape[0], device=start.device)
         self.keep_products = keep_products
+        self.generator = generator
+        self._restarted: torch.Tensor | None = None
         norms = self.segments.norm(start)
         if bool((norms == 0).any()):
             raise ValueError("a start vector is zero on some block")
-        self.basis: list[torch.Tensor] = [start / self.segments.expand(norms, start)]
-        self.products: list[torch.Tensor] = []
+        # Preallocated, grown by doubling: reorthogonalisation then works on one tensor.
+        self._basis = start.new_empty((16, *start.shape))
+        self._basis[0] = start / self.segments.expand(norms, start)
+        self._products = start.new_empty((16 if keep_products else 0, *start.shape))
+        self._count = 1
         self.alphas: list[torch.Tensor] = []
         self.betas: list[torch.Tensor] = []
         shape = norms.shape
@@ -79,6 +89,28 @@ class Lanczos:
         self.finished = torch.zeros(shape, dtype=torch.bool, device=start.device)
         self._scale = torch.zeros(shape, dtype=torch.float64, device=start.device)
         self._sizes = torch.tensor(self.segments.sizes, device=start.device)[:, None]
+
+    @property
+    def basis(self) -> list[torch.Tensor]:
+        """``q_1, q_2, …`` as ``(P, K)`` views (a finished process has zero columns)."""
+        return list(self._basis[: self._count])
+
+    @property
+    def products(self) -> list[torch.Tensor]:
+        """``C·q_1, C·q_2, …`` (when ``keep_products``)."""
+        return list(self._products[: len(self.alphas)]) if self.keep_products else []
+
+    @property
+    def restarts(self) -> int:
+        """Processes that have restarted at least once.
+
+        Their blocks may hold repeated eigenvalues, which only a spanned block resolves.
+        """
+        return 0 if self._restarted is None else int(self._restarted.sum())
+
+    def restarted(self, block: int, column: int) -> bool:
+        """Whether process (block, column) has restarted."""
+        return self._restarted is not None and bool(self._restarted[block, column])
 
     @property
     def steps(self) -> int:
@@ -99,31 +131,52 @@ class Lanczos:
 
     def step(self) -> None:
         """One product C·q_j for every process, then the three-term recurrence."""
-        seg, q = self.segments, self.basis[-1]
+        seg, j = self.segments, self._count - 1
+        q = self._basis[j]
         w = self.matmat(q)
         if self.keep_products:
-            self.products.append(w)
+            self._products = _grown(self._products, j + 1)
+            self._products[j] = w
         alpha = seg.dot(q, w)
         w = w - seg.expand(alpha, w) * q
         if self.betas:
-            w = w - seg.expand(self.betas[-1], w) * self.basis[-2]
+            w = w - seg.expand(self.betas[-1], w) * self._basis[j - 1]
         for _ in range(2):  # twice is enough (Kahan–Parlett)
-            for previous in self.basis:
-                w = w - seg.expand(seg.dot(previous, w), w) * previous
+            w = seg.project_out(self._basis[: self._count], w)
         beta = seg.norm(w)
         active = ~self.finished
         alpha, beta = alpha * active, beta * active
         self.depth += active
         self._scale = torch.maximum(self._scale, alpha.abs() + beta)
         eps = torch.finfo(w.dtype).eps
-        ended = (beta <= BREAKDOWN * eps * self._scale) | (self.depth >= self._sizes)
-        self.finished |= ended
-        beta = torch.where(self.finished, torch.zeros_like(beta), beta)
+        self.finished |= self.depth >= self._sizes
+        invariant = (beta <= BREAKDOWN * eps * self._scale) & ~self.finished
+        beta = torch.where(self.finished | invariant, torch.zeros_like(beta), beta)
         self.alphas.append(alpha)
         self.betas.append(beta)
-        safe = torch.where(self.finished, torch.ones_like(beta), beta)
+        safe = torch.where(beta > 0, beta, torch.ones_like(beta))
+        following = w / seg.expand(safe, w)
+        if bool(invariant.any()):
+            following = self._restart(following, invariant)
         keep = seg.expand((~self.finished).double(), w)
-        self.basis.append(w / seg.expand(safe, w) * keep)
+        self._basis = _grown(self._basis, self._count + 1)
+        self._basis[self._count] = following * keep
+        self._count += 1
+
+    def _restart(self, following: torch.Tensor, invariant: torch.Tensor) -> torch.Tensor:
+        """A random unit vector orthogonal to the basis for every process in ``invariant``."""
+        seg = self.segments
+        fresh = torch.randn(following.shape, generator=self.generator, dtype=torch.float64)
+        fresh = fresh.to(following.device, following.dtype)
+        for _ in range(2):
+            fresh = seg.project_out(self._basis[: self._count], fresh)
+        norms = seg.norm(fresh)
+        spent = invariant & (norms <= BREAKDOWN * torch.finfo(following.dtype).eps)
+        self.finished |= spent  # nothing orthogonal is left (round-off): the block is spanned
+        use = invariant & ~spent
+        self._restarted = use if self._restarted is None else self._restarted | use
+        fresh = fresh / seg.expand(torch.where(use, norms, torch.ones_like(norms)), fresh)
+        return torch.where(seg.expand(use.double(), fresh) > 0, fresh, following)
 
     def tridiagonal(self, block: int, column: int) -> torch.Tensor:
         """T of process (block, column): ``(d, d)`` float64 on the CPU, d its depth."""
@@ -143,18 +196,27 @@ class Lanczos:
 
     def vectors(self, block: int, column: int, coefficients: torch.Tensor) -> torch.Tensor:
         """``Q·S`` restricted to block: Ritz vectors of process (block, column) → ``(n_s, r)``."""
-        return self._combine(self.basis, block, column, coefficients)
+        return self._combine(self._basis, block, column, coefficients)
 
     def images(self, block: int, column: int, coefficients: torch.Tensor) -> torch.Tensor:
         """``(C·Q)·S`` restricted to block, from the stored products (needs ``keep_products``)."""
         if not self.keep_products:
             raise ValueError("products were not kept")
-        return self._combine(self.products, block, column, coefficients)
+        return self._combine(self._products, block, column, coefficients)
 
     def _combine(
-        self, vectors: list[torch.Tensor], block: int, column: int, coefficients: torch.Tensor
+        self, vectors: torch.Tensor, block: int, column: int, coefficients: torch.Tensor
     ) -> torch.Tensor:
         d = coefficients.shape[0]
         start, stop = self.segments.bounds[block]
-        stacked = torch.stack([v[start:stop, column] for v in vectors[:d]], dim=1)
+        stacked = vectors[:d, start:stop, column].T  # (n_s, d)
         return stacked.double() @ coefficients.to(stacked.device, torch.float64)
+
+
+def _grown(buffer: torch.Tensor, needed: int) -> torch.Tensor:
+    """``buffer`` with room for at least ``needed`` entries along its first axis."""
+    if buffer.shape[0] >= needed:
+        return buffer
+    bigger = buffer.new_empty((max(needed, 2 * buffer.shape[0]), *buffer.shape[1:]))
+    bigger[: buffer.shape[0]] = buffer
+    return bigger

@@ -57,10 +57,10 @@ class Segments:
         return [b - a for a, b in self.bounds]
 
     def sum(self, values: torch.Tensor) -> torch.Tensor:
-        """Per-block sums of ``(P, K)`` values → ``(S, K)`` (accumulated in float64)."""
-        values = values.double()
-        out = values.new_zeros((self.count, *values.shape[1:]))
-        return out.index_add_(0, self.ids, values)
+        """Per-block sums over the rows of ``(P, …)`` values → ``(S, …)`` float64."""
+        if self.count == 1:
+            return values.sum(dim=0, keepdim=True).double()
+        return torch.stack([values[a:b].sum(dim=0) for a, b in self.bounds]).double()
 
     def dot(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Per-block inner products of the columns of ``x`` and ``y`` → ``(S, K)``."""
@@ -69,6 +69,18 @@ class Segments:
     def norm(self, x: torch.Tensor) -> torch.Tensor:
         """Per-block 2-norms of the columns of ``x`` → ``(S, K)``."""
         return self.dot(x, x).sqrt()
+
+    def project_out(self, basis: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """``w`` minus its component along every vector of ``basis`` (``(m, P, K)``), per block.
+
+        Classical Gram–Schmidt as two batched products per block (not m separate dots).
+        """
+        out = w.clone()
+        for a, b in self.bounds:
+            q, part = basis[:, a:b], w[a:b]
+            coefficients = torch.einsum("mpk,pk->mk", q, part)
+            out[a:b] -= torch.einsum("mpk,mk->pk", q, coefficients)
+        return out
 
     def expand(self, per_block: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``(S, K)`` coefficients spread to the rows of ``like`` (``(P, K)``), in its dtype."""

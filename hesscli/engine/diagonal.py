@@ -36,7 +36,13 @@ from hesscli.engine.functional import Params, call_model, math_attention
 from hesscli.engine.layout import Block
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.engine.products import MicroBatchLoss
-from hesscli.engine.routes import agreement_tolerance, build, relative_difference
+from hesscli.engine.routes import (
+    FORWARD,
+    REVERSE,
+    agreement_tolerance,
+    build,
+    relative_difference,
+)
 
 DELTA = "output"
 GAUSS_NEWTON = "gauss-newton factor"
@@ -123,6 +129,15 @@ def exact_diagonal(
     result.products = op.counters.products - before
     result.seconds = time.perf_counter() - start
     return result
+
+
+def has_fast_route(op: CurvatureOperator, block: Block) -> bool:
+    """Whether the block is a layer the fast routes accept (its run-time checks still apply)."""
+    try:
+        _eligible(op, block, dict(op.model.named_modules()).get(block.name))
+    except Unsupported:
+        return False
+    return True
 
 
 def _unit_columns(op: CurvatureOperator, block: Block) -> torch.Tensor:
@@ -215,13 +230,6 @@ def _ordered(op: CurvatureOperator, block: Block) -> list[str]:
     return [s.name for s in op.layout.slots if s.name in block.parameters]
 
 
-def _route(op: CurvatureOperator) -> str:
-    if op.route is None:  # make the operator choose (and check) its route on a real product
-        op.matvec(torch.zeros(op.size, device=op.device, dtype=op.dtype))
-    assert op.route is not None
-    return op.route.route
-
-
 def _check(
     op: CurvatureOperator,
     mb: LayerOutputLoss,
@@ -229,13 +237,21 @@ def _check(
     seed: int,
     factored: Callable[[torch.Tensor], torch.Tensor],
 ) -> None:
-    """Compare the fast route's C_z·u with a true product through the verified routes."""
+    """Compare the fast route's C_z·u with a true product by double backward.
+
+    Double backward is independent of the vjps and forward-mode products of the fast routes, so
+    agreement checks the route as well as the assumptions (independent samples, and for the
+    Gauss–Newton factor no curvature of the downstream network's own).
+    """
     generator = torch.Generator().manual_seed(seed)
     u = torch.randn(z.shape, generator=generator, dtype=torch.float64).to(z.device, z.dtype)
     variables = {DELTA: torch.zeros_like(z)}
     checked = LayerOutputLoss(mb.model, mb.loss_fn, mb.batch, variables, mb.fixed, mb.module)
-    apply, _ = build(op.kind, _route(op), checked, chunk_size=op.chunk_size)
-    true = apply({DELTA: u[None]})[DELTA][0]
+    try:
+        apply, _ = build(op.kind, REVERSE, checked, chunk_size=op.chunk_size)
+        true = apply({DELTA: u[None]})[DELTA][0]
+    except RuntimeError as exc:  # no double backward through the downstream network
+        raise Unsupported(f"no double-backward check product ({exc})") from exc
     op.counters.check_products += 1
     gap, _ = relative_difference({DELTA: factored(u)}, {DELTA: true})
     if not gap <= 10 * agreement_tolerance(op.dtype):
@@ -315,7 +331,7 @@ def _output_space(
     b, positions, d = z.shape[0], a.shape[1], z.shape[-1]
     variables = {DELTA: torch.zeros_like(z)}
     layer = LayerOutputLoss(mb.model, mb.loss_fn, mb.batch, variables, mb.fixed, mb.module)
-    apply, _ = build(op.kind, _route(op), layer, chunk_size=op.chunk_size)
+    apply, _ = build(op.kind, FORWARD, layer, chunk_size=op.chunk_size)
     coordinates = positions * d
     per_sample = torch.zeros(b, d, positions, positions, dtype=torch.float64, device=z.device)
     step = max(1, op.chunk_size or COLUMNS)
@@ -324,7 +340,11 @@ def _output_space(
         index = torch.arange(first, min(first + step, coordinates), device=z.device)
         tangents = torch.zeros(len(index), b, positions, d, dtype=z.dtype, device=z.device)
         tangents[torch.arange(len(index)), :, index // d, index % d] = 1
-        image = apply({DELTA: tangents.reshape(len(index), *z.shape)})[DELTA]
+        try:
+            image = apply({DELTA: tangents.reshape(len(index), *z.shape)})[DELTA]
+        except RuntimeError:  # no forward-mode rule downstream: double backward
+            apply, _ = build(op.kind, REVERSE, layer, chunk_size=op.chunk_size)
+            image = apply({DELTA: tangents.reshape(len(index), *z.shape)})[DELTA]
         image = image.reshape(len(index), b, positions, d).double()
         # column (t', i) of sample n's block, restricted to output i: C_z[n, (t, i), (t', i)]
         per_sample[:, index % d, :, index // d] = image[torch.arange(len(index)), :, :, index % d]

@@ -27,6 +27,10 @@ def _g(value: float | None) -> str:
     return "-" if value is None else f"{value:.5g}"
 
 
+def _short(value: float) -> str:
+    return f"{value:.3g}"
+
+
 def _e(value: float) -> str:
     return f"{value:.1e}"
 
@@ -140,8 +144,8 @@ def diag_renderable(report: Report) -> RenderableType:
     results = report.results
     assert isinstance(results, DiagonalResults)
     table = Table(title=_title(report, "Diagonal"), title_justify="left")
-    columns = ["layer", "count", "mean", "std", "min", "p01", "median", "p99", "max"]
-    columns += ["neg frac", "sum", "exact", "largest |entry|"]
+    columns = ["layer", "count", "mean", "std", "min", "median", "max"]
+    columns += ["neg", "sum", "exact", "largest |entry|"]
     for column in columns:
         table.add_column(
             column,
@@ -150,15 +154,16 @@ def diag_renderable(report: Report) -> RenderableType:
         )
     for name, s in results.layers.items():
         top = s.largest[0] if s.largest else None
-        where = "-" if top is None else f"{top.parameter}{top.index} = {_g(top.value)}"
+        where = "-" if top is None else f"{top.parameter}{top.index} {_short(top.value)}"
         table.add_row(
             name,
             f"{s.count:,}",
-            *(_g(v) for v in (s.mean, s.std, s.min, s.p01, s.median, s.p99, s.max)),
-            f"{s.fraction_negative:.3f}",
-            _g(s.sum),
+            *(_short(v) for v in (s.mean, s.std, s.min, s.median, s.max)),
+            f"{s.fraction_negative:.0%}",
+            _short(s.sum),
             "yes" if s.exact else f"no (±{_e(s.stderr)})",
             where,
         )
     methods = "\n".join(f"{name}: {s.method}" for name, s in results.layers.items())
-    return Group(table, _footer(report.cost, results.engine, "methods:\n" + methods))
+    note = "neg = fraction of negative entries; p01/p99 and the largest entries are in --json\n"
+    return Group(table, _footer(report.cost, results.engine, note + "methods:\n" + methods))
