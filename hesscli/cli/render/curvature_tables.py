@@ -24,7 +24,7 @@ WHOLE = "(all selected)"
 
 
 def _g(value: float | None) -> str:
-    return "-" if value is None else f"{value:.5g}"
+    return "-" if value is None else f"{value:.4g}"
 
 
 def _short(value: float) -> str:
@@ -90,7 +90,7 @@ def spectrum_renderable(report: Report) -> RenderableType:
     table = Table(title=_title(report, "Extreme eigenvalues"), title_justify="left")
     for column, justify in [
         ("layer", "left"),
-        ("parameters", "right"),
+        ("params", "right"),
         ("λmax", "right"),
         ("residual", "right"),
         ("next largest", "left"),
