@@ -84,4 +84,7 @@ class Segments:
 
     def expand(self, per_block: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """``(S, K)`` coefficients spread to the rows of ``like`` (``(P, K)``), in its dtype."""
-        return per_block.to(like.dtype)[self.ids]
+        values = per_block.to(like.dtype)
+        if self.count == 1:
+            return values  # (1, K) broadcasts over the rows: no gather
+        return values[self.ids]
