@@ -572,18 +572,27 @@ def test_trace_spends_exactly_the_budget_without_a_target(run):
         assert layer["exact"] is False and layer["stderr"] > 0
 
 
-def test_trace_default_stops_on_the_target(run):
-    document = run("digits_mlp", "trace", *MLP)
+def test_trace_hutchpp_stops_on_the_target(run):
+    document = run("digits_mlp", "trace", *MLP, "--method", "hutch++")
     results = document["results"]
-    assert results["stopped"] in ("target", "exact")
+    assert results["stopped"] == "target" and results["target"] == 0.01
     trace = results["trace"]
-    if results["stopped"] == "target":
-        assert trace["stderr"] <= 0.01 * abs(trace["value"])
-        assert trace["exact"] is False and trace["stderr"] > 0
-        assert results["target"] == 0.01
+    assert trace["exact"] is False and 0 < trace["stderr"] <= 0.01 * abs(trace["value"])
     assert document["cost"]["hvps"] > 0
     total = sum(layer["value"] for layer in results["layers"].values())
     assert total == pytest.approx(trace["value"], rel=1e-9)
+
+
+def test_trace_default_is_exact_when_every_layer_has_a_fast_diagonal(run, mlp_truth):
+    """digits_mlp is all Linear layers: the exact diagonal is cheap, so the trace is exact."""
+    document = run("digits_mlp", "trace", *MLP)
+    results = document["results"]
+    assert results["method"] == "exact" and results["stopped"] == "exact"
+    assert results["trace"]["stderr"] == 0
+    assert results["trace"]["value"] == pytest.approx(
+        float(torch.trace(mlp_truth.matrix)), rel=1e-10
+    )
+    assert document["cost"]["hvps"] == 0 and document["cost"]["output_space_products"] > 0
 
 
 def test_trace_of_small_model_is_exact_by_default(run):
