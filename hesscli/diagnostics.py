@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 
 import numpy as np
 import torch
@@ -274,22 +275,8 @@ def _summary(
 ) -> DiagonalSummary:
     stats = diagonal_stats(values, stderr, largest=largest)
     entries = [DiagonalEntry(*_locate(op, block, index), value) for index, value in stats.largest]
-    return DiagonalSummary(
-        count=stats.count,
-        mean=stats.mean,
-        std=stats.std,
-        min=stats.min,
-        max=stats.max,
-        median=stats.median,
-        p01=stats.p01,
-        p99=stats.p99,
-        fraction_negative=stats.fraction_negative,
-        sum=stats.sum,
-        exact=exact,
-        stderr=stats.stderr,
-        method=method,
-        largest=entries,
-    )
+    fields = {k: v for k, v in asdict(stats).items() if k != "largest"}
+    return DiagonalSummary(**fields, exact=exact, method=method, largest=entries)
 
 
 def run_diag(

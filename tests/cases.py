@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import hesscli
+from hesscli.engine.operator import CurvatureOperator
 from hesscli.loading.data import Batch, Dataset
 from hesscli.loading.losses import BUILTIN_LOSSES
 from tests.conftest import SAMPLES
@@ -23,6 +25,21 @@ from model import TinyTransformer
 sys.path.pop(0)
 
 F64 = torch.float64
+#: The checkpoint file of each shipped sample model.
+SAMPLE_CHECKPOINTS = {
+    "seed_ann": "model.safetensors",
+    "digits_mlp": "model.safetensors",
+    "digits_cnn": "model.pt",
+    "tiny_transformer": "model.safetensors",
+}
+
+
+def open_sample(name: str, **settings: object) -> CurvatureOperator:
+    """The CLI's operator on a shipped sample model (its hesscli.toml supplies the rest)."""
+    folder = SAMPLES / name
+    return hesscli.curvature_operator(folder / SAMPLE_CHECKPOINTS[name], cwd=folder, **settings)
+
+
 N = 7  # samples: prime, so most micro-batch sizes leave a smaller last micro-batch
 
 

@@ -11,27 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-import hesscli
 from hesscli.algorithms.eigen import extreme_eigenvalues
 from hesscli.algorithms.trace import estimate_trace
 from hesscli.engine.diagonal import GAUSS_NEWTON, OUTPUT_SPACE, UNIT_COLUMNS, exact_diagonal
 from hesscli.engine.functional import to_device
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.loading.data import Batch, Dataset
-from tests.conftest import SAMPLES
+from tests.cases import open_sample
 
 F64 = torch.float64
-CHECKPOINTS = {
-    "seed_ann": "model.safetensors",
-    "digits_mlp": "model.safetensors",
-    "digits_cnn": "model.pt",
-    "tiny_transformer": "model.safetensors",
-}
-
-
-def _open(name: str, **settings: object) -> CurvatureOperator:
-    folder = SAMPLES / name
-    return hesscli.curvature_operator(folder / CHECKPOINTS[name], cwd=folder, **settings)
 
 
 def _truth(op: CurvatureOperator) -> torch.Tensor:
@@ -80,7 +68,7 @@ def _block_diag(op: CurvatureOperator, values: dict[str, torch.Tensor], block: s
 # -- eigenvalues --------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["seed_ann", "digits_mlp", "digits_cnn", "tiny_transformer"])
 def test_top5_and_bottom_eigenvalues_match_the_dense_hessian(name: str) -> None:
-    op = _open(name, dtype="float64", micro_batch=50, max_samples=128)
+    op = open_sample(name, dtype="float64", micro_batch=50, max_samples=128)
     h = _truth(op)
     truth = torch.linalg.eigvalsh(h)
     (result,) = extreme_eigenvalues(
@@ -106,9 +94,9 @@ def test_top5_and_bottom_eigenvalues_match_the_dense_hessian(name: str) -> None:
 
 
 def test_float32_eigenvalues_to_1e4_and_negative_curvature_found() -> None:
-    op64 = _open("tiny_transformer", dtype="float64", max_samples=128)
+    op64 = open_sample("tiny_transformer", dtype="float64", max_samples=128)
     truth = torch.linalg.eigvalsh(_truth(op64))
-    op = _open("tiny_transformer", dtype="float32", max_samples=128)
+    op = open_sample("tiny_transformer", dtype="float32", max_samples=128)
     (result,) = extreme_eigenvalues(
         op.matmat,
         op.size,
@@ -124,7 +112,7 @@ def test_float32_eigenvalues_to_1e4_and_negative_curvature_found() -> None:
 
 
 def test_per_layer_eigenvalues_are_those_of_the_dense_blocks() -> None:
-    op = _open("digits_mlp", dtype="float64")
+    op = open_sample("digits_mlp", dtype="float64")
     h = _truth(op)
     blocks = list(op.blocks)
     results = extreme_eigenvalues(
@@ -147,7 +135,7 @@ def test_per_layer_eigenvalues_are_those_of_the_dense_blocks() -> None:
 
 # -- traces ---------------------------------------------------------------------------------
 def test_layer_traces_sum_to_the_total_and_bracket_the_dense_traces() -> None:
-    op = _open("tiny_transformer", dtype="float64", max_samples=64)
+    op = open_sample("tiny_transformer", dtype="float64", max_samples=64)
     h = _truth(op)
     blocks = list(op.blocks)
     traces = estimate_trace(
@@ -171,7 +159,7 @@ def test_layer_traces_sum_to_the_total_and_bracket_the_dense_traces() -> None:
 
 # -- exact diagonals ------------------------------------------------------------------------
 def test_seed_network_exact_diagonal_equals_the_double_loop() -> None:
-    op = _open("seed_ann", dtype="float64")
+    op = open_sample("seed_ann", dtype="float64")
     result = exact_diagonal(op)
     for block in ("fc1", "fc2"):
         for parameter, values in _block_diag(op, result.values, block).items():
@@ -183,7 +171,7 @@ def test_seed_network_exact_diagonal_equals_the_double_loop() -> None:
 
 @pytest.mark.parametrize("layer", ["conv2", "fc"])
 def test_cnn_layer_exact_diagonal_equals_the_double_loop(layer: str) -> None:
-    op = _open("digits_cnn", dtype="float64", max_samples=24)
+    op = open_sample("digits_cnn", dtype="float64", max_samples=24)
     result = exact_diagonal(op, blocks=[layer])
     for parameter, values in _block_diag(op, result.values, layer).items():
         loop = _double_loop_diagonal(op, parameter)
@@ -195,7 +183,7 @@ def test_cnn_layer_exact_diagonal_equals_the_double_loop(layer: str) -> None:
 @pytest.mark.parametrize("kind", ["hessian", "ggn"])
 @pytest.mark.parametrize("name", ["digits_mlp", "tiny_transformer"])
 def test_exact_diagonals_of_every_layer_match_the_dense_matrix(name: str, kind: str) -> None:
-    op = _open(name, dtype="float64", curvature=kind, max_samples=32, micro_batch=12)
+    op = open_sample(name, dtype="float64", curvature=kind, max_samples=32, micro_batch=12)
     truth = torch.diagonal(_truth(op))
     result = exact_diagonal(op)
     for block in op.blocks:

@@ -11,27 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-import hesscli
 from hesscli.engine.functional import to_device
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.errors import ConfigError, LayerError
 from hesscli.loading.data import Batch, Dataset
 from hesscli.loading.losses import BUILTIN_LOSSES
 from tests import dense
-from tests.conftest import SAMPLES
+from tests.cases import open_sample
 
 F64 = torch.float64
-CHECKPOINTS = {
-    "seed_ann": "model.safetensors",
-    "digits_mlp": "model.safetensors",
-    "digits_cnn": "model.pt",
-    "tiny_transformer": "model.safetensors",
-}
-
-
-def _open(name: str, **settings: object) -> CurvatureOperator:
-    folder = SAMPLES / name
-    return hesscli.curvature_operator(folder / CHECKPOINTS[name], cwd=folder, **settings)
 
 
 def _all_samples(op: CurvatureOperator) -> tuple[object, torch.Tensor]:
@@ -45,7 +33,7 @@ def _all_samples(op: CurvatureOperator) -> tuple[object, torch.Tensor]:
 def test_seed_network_full_hessian_matches_the_double_loop():
     """The classic 3→4→5 net: every entry ∂²L/∂θᵢ∂θⱼ by an element-by-element double loop
     of second derivatives, against the engine's dense Hessian over uneven micro-batches."""
-    op = _open("seed_ann", dtype="float64", micro_batch=7)
+    op = open_sample("seed_ann", dtype="float64", micro_batch=7)
     model, names = op.model, op.layout.names
     inputs, targets = _all_samples(op)
     params = [model.get_parameter(n) for n in names]
@@ -70,7 +58,7 @@ def test_seed_network_full_hessian_matches_the_double_loop():
 def test_sample_model_products_equal_double_backward(name, kind):
     """Real checkpoints, uneven micro-batches: H·V (or GGN·V) against one-pass double backward
     over all samples, itself cross-checked by finite differences (Hessian, smooth models)."""
-    op = _open(name, dtype="float64", micro_batch=100, curvature=kind, max_samples=250)
+    op = open_sample(name, dtype="float64", micro_batch=100, curvature=kind, max_samples=250)
     model, names = op.model, op.layout.names
     inputs, targets = _all_samples(op)
     at = dense.flat_parameters(model, names)
@@ -96,8 +84,8 @@ def test_sample_model_products_equal_double_backward(name, kind):
 
 
 def test_float32_agrees_with_float64():
-    v64 = _open("digits_cnn", dtype="float64", micro_batch=300)
-    v32 = _open("digits_cnn", dtype="float32", micro_batch=300)
+    v64 = open_sample("digits_cnn", dtype="float64", micro_batch=300)
+    v32 = open_sample("digits_cnn", dtype="float32", micro_batch=300)
     vectors = torch.randn(v64.size, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
     hi = v64.matmat(vectors)
     lo = v32.matmat(vectors.float())
@@ -106,9 +94,9 @@ def test_float32_agrees_with_float64():
 
 
 def test_layer_selection_gives_one_block_per_layer():
-    op = _open("tiny_transformer", dtype="float64", layers=["attn.*", "head"], max_samples=40)
+    op = open_sample("tiny_transformer", dtype="float64", layers=["attn.*", "head"], max_samples=40)
     assert [b.name for b in op.blocks] == ["attn.qkv", "attn.out", "head"]
-    full = _open("tiny_transformer", dtype="float64", max_samples=40)
+    full = open_sample("tiny_transformer", dtype="float64", max_samples=40)
     vectors = torch.randn(full.size, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
     big = full.matmat(vectors)
     for block in op.blocks:
@@ -125,18 +113,18 @@ def test_layer_selection_gives_one_block_per_layer():
 
 
 def test_dropout_model_runs_in_eval_mode_by_default():
-    op = _open("digits_mlp", max_samples=64)
+    op = open_sample("digits_mlp", max_samples=64)
     first = op.matvec(torch.ones(op.size))
     assert torch.equal(first, op.matvec(torch.ones(op.size)))
 
 
 def test_api_rejects_unknown_settings_and_frozen_only_layers():
     with pytest.raises(ConfigError, match=r"unknown setting.*curvatur"):
-        _open("seed_ann", curvatur="ggn")
+        open_sample("seed_ann", curvatur="ggn")
     with pytest.raises(ConfigError, match="unknown --hvp-method 'fastest'"):
-        _open("seed_ann", hvp_method="fastest")
+        open_sample("seed_ann", hvp_method="fastest")
     with pytest.raises(LayerError, match="no layer or parameter matches --layer 'fc3'"):
-        _open("seed_ann", layers=["fc3"])
+        open_sample("seed_ann", layers=["fc3"])
 
 
 ACTIVATIONS = {
