@@ -271,13 +271,200 @@ class DiagonalResults:
 
 
 @dataclass(frozen=True)
+class Mass:
+    """A fraction of the eigenvalues, with its standard error over the probe vectors.
+
+    ``threshold``: eigenvalues below −threshold count (round-off makes a positive
+    semi-definite spectrum dip to about −ε‖C‖; those are not negative curvature).
+    """
+
+    value: float
+    stderr: float
+    threshold: float
+
+
+@dataclass(frozen=True)
+class Density:
+    """Eigenvalue density of one operator by stochastic Lanczos quadrature.
+
+    ``density`` is the Gaussian-smoothed quadrature measure on ``grid``: it integrates to 1
+    (fraction of the eigenvalues per unit of λ); ``stderr`` is its standard error over the
+    probes. ``nodes`` and ``weights`` are each probe's Gauss quadrature (Ritz values of its
+    Lanczos tridiagonal and the squared first components of their eigenvectors).
+    """
+
+    grid: list[float]
+    density: list[float]
+    stderr: list[float]
+    sigma: float
+    probes: int
+    steps: int
+    nodes: list[list[float]]
+    weights: list[list[float]]
+    negative_mass: Mass
+    parameters: int
+
+
+@dataclass(frozen=True)
+class DensityResults:
+    """Results of ``hesscli density``: the whole selection's and (``--per-layer``) each layer's.
+
+    ``top``/``bottom`` are the extreme Ritz values of the probes (marked on plots),
+    with the residual the recurrence gives; ``trace`` is the probes' Hutchinson estimate
+    (the first moment of the quadrature, times P).
+    """
+
+    grid: list[float]
+    density: list[float]
+    stderr: list[float]
+    sigma: float
+    probes: int
+    steps: int
+    nodes: list[list[float]]
+    weights: list[list[float]]
+    negative_mass: Mass
+    parameters: int
+    top: list[Eigenvalue]
+    bottom: list[Eigenvalue]
+    trace: Trace
+    layers: dict[str, Density]
+    engine: Engine
+
+
+@dataclass(frozen=True)
+class Flag:
+    """An interpretive flag (see :mod:`hesscli.flags`): its name, what it marks, and why."""
+
+    name: str
+    subject: str
+    message: str
+
+
+@dataclass(frozen=True)
+class LayerSummary:
+    """One row of ``report``: a layer's trace, extreme eigenvalues of its block, diagonal."""
+
+    parameters: int
+    trace: Trace
+    top: Eigenvalue
+    bottom: Eigenvalue
+    diagonal: DiagonalSummary
+    flags: list[str]
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The model-level numbers of ``report`` (over the selected layers).
+
+    ``ratio`` is λmin/λmax; ``trace_per_parameter`` is Tr(C)/P with its standard error.
+    """
+
+    top: Eigenvalue
+    bottom: Eigenvalue
+    trace: Trace
+    ratio: float
+    negative_mass: Mass
+    trace_per_parameter: float
+    trace_per_parameter_stderr: float
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run was going to cost, announced before it started (the time is an estimate)."""
+
+    data_passes: int
+    products: int
+    seconds: float
+    pass_seconds: float
+
+
+@dataclass(frozen=True)
+class ReportResults:
+    """Results of ``hesscli report``: everything, one row per layer, from shared data passes."""
+
+    summary: Summary
+    layers: dict[str, LayerSummary]
+    density: Density
+    flags: list[Flag]
+    plan: Plan
+    engine: Engine
+
+
+@dataclass(frozen=True)
+class CheckItem:
+    """One threshold of ``hesscli check``.
+
+    ``margin`` is how far the measured value is inside the limit (negative: past it), in the
+    quantity's own units; ``allowance`` is the noise a stochastic value is granted (1.96 × its
+    standard error, 0 when exact), already included in ``passed``.
+    """
+
+    name: str
+    quantity: str
+    layer: str | None
+    relation: str
+    limit: float
+    measured: float
+    stderr: float
+    allowance: float
+    margin: float
+    passed: bool
+
+
+@dataclass(frozen=True)
+class CheckResults:
+    """Results of ``hesscli check``: every threshold, pass/fail, and the numbers measured.
+
+    They are the same ``summary`` and ``layers`` as ``report``'s, so a check's JSON is itself a baseline.
+    """
+
+    passed: bool
+    checks: list[CheckItem]
+    baseline: str | None
+    tolerance: float | None
+    summary: Summary
+    layers: dict[str, LayerSummary]
+    flags: list[Flag]
+    engine: Engine
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint of ``hesscli compare``: its summary, layers, flags and cost."""
+
+    checkpoint: str
+    summary: Summary
+    layers: dict[str, LayerSummary]
+    flags: list[Flag]
+    cost: Cost
+
+
+@dataclass(frozen=True)
+class CompareResults:
+    """Results of ``hesscli compare``: the same quantities for each checkpoint, in order."""
+
+    checkpoints: list[Checkpoint]
+    engine: Engine
+
+
+@dataclass(frozen=True)
 class Report:
     """The envelope every command returns."""
 
     command: str
     inputs: RunInputs
     settings: RunSettings
-    results: InfoResults | ConvertResults | SpectrumResults | TraceResults | DiagonalResults
+    results: (
+        InfoResults
+        | ConvertResults
+        | SpectrumResults
+        | TraceResults
+        | DiagonalResults
+        | DensityResults
+        | ReportResults
+        | CheckResults
+        | CompareResults
+    )
     cost: Cost
     schema_version: int = SCHEMA_VERSION
     hesscli_version: str = ""
