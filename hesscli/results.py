@@ -415,7 +415,8 @@ class CheckItem:
 class CheckResults:
     """Results of ``hesscli check``: every threshold, pass/fail, and the numbers measured.
 
-    They are the same ``summary`` and ``layers`` as ``report``'s, so a check's JSON is itself a baseline.
+    They are the same ``summary`` and ``layers`` as ``report``'s, so a check's JSON is itself
+    a baseline.
     """
 
     passed: bool
