@@ -28,7 +28,7 @@ sys.dont_write_bytecode = True  # keep __pycache__ folders out of the model fold
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from safetensors.torch import load_file, save_file  # noqa: E402
+from safetensors.torch import load_file, save_file, save_model  # noqa: E402
 from torch import nn  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -44,6 +44,14 @@ EVAL_SAMPLES = 256
 SPLIT_SEED = 0
 #: Seed of weight initialisation, dropout and mini-batch order.
 TRAIN_SEED = 0
+#: Epochs of Adam that train the digits MLP.
+DIGITS_MLP_EPOCHS = 60
+#: Epochs after which the digits MLP's weights are also saved to ``digits_mlp/run/`` (a
+#: training trajectory for ``hesscli compare``); the last one is the shipped model itself.
+SNAPSHOT_EPOCHS = (1, 5, 20, DIGITS_MLP_EPOCHS)
+
+#: Called as ``snapshot(epoch, model)`` after each finished epoch (1-based) of training.
+Snapshot = Callable[[int, nn.Module], None]
 
 
 def configure_determinism() -> None:
@@ -121,14 +129,15 @@ def check_reload(what: str, saved: object, reloaded: object) -> None:
 
 
 def file_sizes(folder: Path) -> dict[str, int]:
-    """Sizes in bytes of the files in ``folder``, by name; also makes them world-readable.
+    """Sizes in bytes of the files under ``folder``; also makes them world-readable.
 
-    (safetensors creates its files with mode 0600, unlike ``torch.save`` and ``open``.)
+    Files in subfolders (``run/``) are named by their relative POSIX path. (safetensors
+    creates its files with mode 0600, unlike ``torch.save`` and ``open``.)
     """
-    files = [p for p in sorted(folder.iterdir()) if p.is_file()]
+    files = [p for p in sorted(folder.rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
     for path in files:
         path.chmod(0o644)
-    return {p.name: p.stat().st_size for p in files}
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in files}
 
 
 @torch.no_grad()
@@ -149,11 +158,25 @@ def train_classifier(
     lr: float,
     batch_size: int = 64,
     weight_decay: float = 0.0,
+    snapshot: Snapshot | None = None,
 ) -> torch.optim.Optimizer:
     """Train ``model`` with Adam and cross-entropy on shuffled mini-batches.
 
     The batch order comes from a seeded generator, so it does not depend on anything else
     that draws from torch's global generator.
+
+    Args:
+        model: The model, trained in place.
+        inputs: Training inputs.
+        targets: Training class indices.
+        epochs: Passes over the training set; the learning rate decays to 0 over them (cosine).
+        lr: Initial Adam learning rate.
+        batch_size: Mini-batch size.
+        weight_decay: Adam's L2 penalty.
+        snapshot: Called after every epoch with its number (from 1) and the model. It must
+            not draw random numbers or change the weights; it may switch the model to eval
+            mode (each epoch switches back to training mode), so training is the same with or
+            without it.
 
     Returns:
         The optimizer, whose state is saved with the digits MLP checkpoint.
@@ -161,7 +184,7 @@ def train_classifier(
     optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     order = torch.Generator().manual_seed(TRAIN_SEED)
-    for _ in range(epochs):
+    for epoch in range(1, epochs + 1):
         model.train()
         for batch in torch.randperm(len(targets), generator=order).split(batch_size):
             loss = F.cross_entropy(model(inputs[batch]), targets[batch])
@@ -169,8 +192,73 @@ def train_classifier(
             loss.backward()
             optimizer.step()
         scheduler.step()
+        if snapshot is not None:
+            snapshot(epoch, model)
     model.eval()
     return optimizer
+
+
+def snapshot_writer(
+    folder: Path, epochs: tuple[int, ...], inputs: torch.Tensor, targets: torch.Tensor
+) -> tuple[Snapshot, list[dict[str, Any]]]:
+    """A ``train_classifier`` snapshot callback saving the weights after the given epochs.
+
+    Each snapshot is ``folder/epoch_<NN>.safetensors``: the plain state dict (same tensor names
+    as the model's ``model.safetensors``) without hesscli metadata, since the model's code lies
+    outside ``folder`` and metadata may only name code beside the checkpoint; the
+    ``hesscli.toml`` of the model's folder supplies model, data and loss instead.
+
+    Returns:
+        The callback, and the list it fills with ``{"epoch", "file", "accuracy", "eval_loss"}``
+        (measured in eval mode on ``inputs``, ``targets``) for each snapshot written.
+    """
+    folder.mkdir(exist_ok=True)
+    written: list[dict[str, Any]] = []
+
+    def snapshot(epoch: int, model: nn.Module) -> None:
+        if epoch not in epochs:
+            return
+        path = folder / f"epoch_{epoch:02d}.safetensors"
+        save_model(model, str(path), metadata={"format": "pt"})
+        accuracy, eval_loss = evaluate(model, inputs, targets)
+        written.append(
+            {
+                "epoch": epoch,
+                "file": path.relative_to(folder.parent).as_posix(),
+                "accuracy": accuracy,
+                "eval_loss": eval_loss,
+            }
+        )
+        print(
+            f"  epoch {epoch:2d}: accuracy {accuracy:.2%}, eval loss {eval_loss:.4f} -> {path.name}"
+        )
+
+    return snapshot, written
+
+
+def build_digits_mlp_snapshots(folder: Path) -> list[dict[str, Any]]:
+    """Retrain the digits MLP exactly as :func:`build_digits_mlp` does, writing only ``run/``.
+
+    Training is seeded the same way, so the snapshots are those of the shipped model's own
+    run; the last epoch's snapshot is checked to hold the weights of ``model.safetensors``.
+    Nothing else in ``folder`` is touched.
+    """
+    seed_everything(TRAIN_SEED)
+    x_train, y_train, x_eval, y_eval = digits_split()
+    model = load_model_class(folder.name, "DigitsMLP")(hidden=32)
+    snapshot, written = snapshot_writer(folder / "run", SNAPSHOT_EPOCHS, x_eval, y_eval)
+    train_classifier(model, x_train, y_train, epochs=DIGITS_MLP_EPOCHS, lr=3e-3, snapshot=snapshot)
+    final = folder / "run" / f"epoch_{DIGITS_MLP_EPOCHS:02d}.safetensors"
+    check_same_weights(final, folder / "model.safetensors")
+    return written
+
+
+def check_same_weights(snapshot: Path, model: Path) -> None:
+    """Fail loudly unless two ``.safetensors`` files hold equal tensors under equal names."""
+    first, second = load_file(snapshot), load_file(model)
+    same = first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
+    if not same:
+        raise RuntimeError(f"{snapshot} does not hold the weights of {model}")
 
 
 def digits_split() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -237,8 +325,9 @@ def build_digits_mlp(folder: Path) -> dict[str, Any]:
     x_train, y_train, x_eval, y_eval = digits_split()
     model_class = load_model_class(folder.name, "DigitsMLP")
     model = model_class(hidden=32)
-    epochs = 60
-    optimizer = train_classifier(model, x_train, y_train, epochs=epochs, lr=3e-3)
+    epochs = DIGITS_MLP_EPOCHS
+    snapshot, snapshots = snapshot_writer(folder / "run", SNAPSHOT_EPOCHS, x_eval, y_eval)
+    optimizer = train_classifier(model, x_train, y_train, epochs=epochs, lr=3e-3, snapshot=snapshot)
     accuracy, eval_loss = evaluate(model, x_eval, y_eval)
 
     defaults = {
@@ -264,7 +353,15 @@ def build_digits_mlp(folder: Path) -> dict[str, Any]:
     data = load_file(folder / "data.safetensors")
     again = evaluate(reloaded, data["inputs"], data["targets"])
     check_reload("digits_mlp", (accuracy, eval_loss), again)
-    return {"accuracy": accuracy, "eval_loss": eval_loss, "eval_samples": len(y_eval)}
+    check_same_weights(
+        folder / "run" / f"epoch_{epochs:02d}.safetensors", folder / "model.safetensors"
+    )
+    return {
+        "accuracy": accuracy,
+        "eval_loss": eval_loss,
+        "eval_samples": len(y_eval),
+        "snapshots": snapshots,
+    }
 
 
 def build_digits_cnn(folder: Path) -> dict[str, Any]:
@@ -346,8 +443,33 @@ BUILDERS: dict[str, tuple[str, Callable[[Path], dict[str, Any]]]] = {
 }
 
 
+def snapshots_only() -> None:
+    """Rewrite only ``digits_mlp/run/`` and the digits MLP's manifest entry."""
+    configure_determinism()
+    folder = HERE / "digits_mlp"
+    print("digits_mlp (snapshots only):")
+    snapshots = build_digits_mlp_snapshots(folder)
+    path = HERE / "manifest.json"
+    manifest = json.loads(path.read_text(encoding="utf-8"))
+    entry = manifest["digits_mlp"]
+    entry.pop("files", None)
+    entry["snapshots"] = snapshots
+    entry["files"] = file_sizes(folder)
+    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    print(f"updated {path}")
+
+
 def main() -> None:
-    """Build every model folder, then write ``manifest.json``."""
+    """Build every model folder, then write ``manifest.json``.
+
+    With ``--snapshots-only``, retrain the digits MLP to write its ``run/`` snapshots and
+    leave every other file alone.
+    """
+    if sys.argv[1:] == ["--snapshots-only"]:
+        snapshots_only()
+        return
+    if sys.argv[1:]:
+        raise SystemExit(f"usage: python {Path(__file__).name} [--snapshots-only]")
     configure_determinism()
     manifest: dict[str, dict[str, Any]] = {}
     start = time.perf_counter()
