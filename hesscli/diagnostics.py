@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
 from hesscli.algorithms.diagonal import diagonal_stats, estimate_diagonal
 from hesscli.algorithms.eigen import Eigenpair, Extremes, extreme_eigenvalues
-from hesscli.algorithms.trace import TraceEstimate, estimate_trace, traces_from_diagonal
+from hesscli.algorithms.trace import (
+    TraceEstimate,
+    estimate_trace,
+    traces_from_diagonal,
+    traces_from_probes,
+)
 from hesscli.analysis import Request, operator_for, prepare, report_for
 from hesscli.engine.diagonal import exact_diagonal, has_fast_route
 from hesscli.engine.layout import Block
@@ -279,6 +284,109 @@ def _summary(
     return DiagonalSummary(**fields, exact=exact, method=method, largest=entries)
 
 
+@dataclass(frozen=True)
+class LayerDiagonalsFound:
+    """Every selected layer's diagonal summary and trace, as ``diag`` and ``report`` give them.
+
+    Attributes:
+        summaries: Diagonal statistics per layer.
+        traces: Tr(C_ll) per layer: the exact diagonal's sum, or Hutch++ from the Diag++ probes.
+        total: Tr(C) over the selected layers (exact part plus the estimated layers' estimate).
+        output_space: Layer-output-space products spent by the fast exact routes.
+    """
+
+    summaries: dict[str, DiagonalSummary]
+    traces: dict[str, Trace]
+    total: Trace
+    output_space: int
+
+
+def layer_diagonals(
+    op: CurvatureOperator,
+    *,
+    mode: str,
+    products: int,
+    largest: int,
+    seed: int,
+    progress: Progress = _quiet,
+) -> LayerDiagonalsFound:
+    """Diagonals of every layer (exact where ``mode`` allows), and the traces they give.
+
+    Estimated layers share one Diag++ run over the whole operator; their traces are the
+    Hutch++ traces of the same probes.
+    """
+    summaries: dict[str, DiagonalSummary] = {}
+    traces: dict[str, Trace] = {}
+    output_space = 0
+    estimated = list(op.blocks)
+    exact_sum = 0.0
+    if mode != "estimate":
+        diagonal = exact_diagonal(
+            op,
+            seed=seed,
+            unit_columns_limit=UNIT_COLUMNS_LIMIT if mode == "auto" else None,
+            progress=lambda done, total: progress("exact diagonal, layer by layer", done, total),
+        )
+        output_space = diagonal.output_products
+        for block in op.blocks:
+            if block.name in diagonal.values:
+                values = diagonal.values[block.name]
+                summaries[block.name] = _summary(
+                    op,
+                    block,
+                    values,
+                    torch.zeros_like(values),
+                    exact=True,
+                    method=diagonal.methods[block.name],
+                    largest=largest,
+                )
+                value = float(values.double().sum())
+                traces[block.name] = Trace(value, 0.0, True, 0.0, block.size)
+                exact_sum += value
+        estimated = [b for b in op.blocks if b.name not in diagonal.values]
+    total = Trace(exact_sum, 0.0, True, 0.0, op.size)
+    if estimated:
+        guess = estimate_diagonal(
+            op.matmat,
+            op.size,
+            products=products,
+            blocks=[(b.start, b.stop) for b in op.blocks],
+            generator=_generator(seed),
+            dtype=op.dtype,
+            device=op.device,
+            on_step=lambda done, total: progress("Diag++ probes", done, total),
+        )
+        how = f"Diag++ estimate ({guess.sketch} sketch columns, {guess.probes} probes)"
+        index = [op.blocks.index(b) for b in estimated]
+        assert guess.block_base is not None
+        assert guess.block_samples is not None
+        found = traces_from_probes(
+            guess.block_base[index],
+            guess.block_samples[index],
+            stopped="budget",
+            products=guess.products,
+            sketch=guess.sketch,
+        )
+        for block, trace in zip(estimated, found.blocks, strict=True):
+            rows = slice(block.start, block.stop)
+            summaries[block.name] = _summary(
+                op,
+                block,
+                guess.values[rows],
+                guess.stderr[rows],
+                exact=False,
+                method=how,
+                largest=largest,
+            )
+            traces[block.name] = _trace(trace, block.size)
+        part = found.total
+        total = Trace(exact_sum + part.value, part.stderr, False, part.interval, op.size)
+    names = [b.name for b in op.blocks]
+    return LayerDiagonalsFound(
+        {n: summaries[n] for n in names}, {n: traces[n] for n in names}, total, output_space
+    )
+
+
 def run_diag(
     request: Request,
     *,
@@ -304,52 +412,10 @@ def run_diag(
     prepared = prepare(request, layer_patterns=layer_patterns)
     op = operator_for(prepared)
     seed = int(prepared.settings["seed"].value or 0)
-    summaries: dict[str, DiagonalSummary] = {}
-    output_space = 0
-    estimated = list(op.blocks)
-    if mode != "estimate":
-        diagonal = exact_diagonal(
-            op,
-            seed=seed,
-            unit_columns_limit=UNIT_COLUMNS_LIMIT if mode == "auto" else None,
-            progress=lambda done, total: progress("exact diagonal, layer by layer", done, total),
-        )
-        output_space = diagonal.output_products
-        for block in op.blocks:
-            if block.name in diagonal.values:
-                values = diagonal.values[block.name]
-                summaries[block.name] = _summary(
-                    op,
-                    block,
-                    values,
-                    torch.zeros_like(values),
-                    exact=True,
-                    method=diagonal.methods[block.name],
-                    largest=largest,
-                )
-        estimated = [b for b in op.blocks if b.name not in diagonal.values]
-    if estimated:
-        guess = estimate_diagonal(
-            op.matmat,
-            op.size,
-            products=products,
-            generator=_generator(seed),
-            dtype=op.dtype,
-            device=op.device,
-            on_step=lambda done, total: progress("Diag++ probes", done, total),
-        )
-        how = f"Diag++ estimate ({guess.sketch} sketch columns, {guess.probes} probes)"
-        for block in estimated:
-            rows = slice(block.start, block.stop)
-            summaries[block.name] = _summary(
-                op,
-                block,
-                guess.values[rows],
-                guess.stderr[rows],
-                exact=False,
-                method=how,
-                largest=largest,
-            )
+    found = layer_diagonals(
+        op, mode=mode, products=products, largest=largest, seed=seed, progress=progress
+    )
+    summaries, output_space = found.summaries, found.output_space
     results = DiagonalResults(
         layers={b.name: summaries[b.name] for b in op.blocks}, engine=_engine(op)
     )

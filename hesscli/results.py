@@ -275,12 +275,16 @@ class Mass:
     """A fraction of the eigenvalues, with its standard error over the probe vectors.
 
     ``threshold``: eigenvalues below −threshold count (round-off makes a positive
-    semi-definite spectrum dip to about −ε‖C‖; those are not negative curvature).
+    semi-definite spectrum dip to about −ε‖C‖; those are not negative curvature). ``low`` and
+    ``high`` bound what the quadrature cannot resolve (Chebyshev–Markov–Stieltjes): the
+    expected fraction lies between them whatever the spectrum; ``stderr`` is the probes' spread.
     """
 
     value: float
     stderr: float
     threshold: float
+    low: float
+    high: float
 
 
 @dataclass(frozen=True)
@@ -291,6 +295,9 @@ class Density:
     (fraction of the eigenvalues per unit of λ); ``stderr`` is its standard error over the
     probes. ``nodes`` and ``weights`` are each probe's Gauss quadrature (Ritz values of its
     Lanczos tridiagonal and the squared first components of their eigenvectors).
+    ``negative_mass`` counts eigenvalues below round-off (−tol·‖C‖);
+    ``significant_negative_mass`` those below −1 % of the largest Ritz value (the ``saddle``
+    flag's measure: a trained network's bulk of tiny negative eigenvalues does not count).
     """
 
     grid: list[float]
@@ -302,6 +309,7 @@ class Density:
     nodes: list[list[float]]
     weights: list[list[float]]
     negative_mass: Mass
+    significant_negative_mass: Mass
     parameters: int
 
 
@@ -323,6 +331,7 @@ class DensityResults:
     nodes: list[list[float]]
     weights: list[list[float]]
     negative_mass: Mass
+    significant_negative_mass: Mass
     parameters: int
     top: list[Eigenvalue]
     bottom: list[Eigenvalue]
@@ -364,6 +373,7 @@ class Summary:
     trace: Trace
     ratio: float
     negative_mass: Mass
+    significant_negative_mass: Mass
     trace_per_parameter: float
     trace_per_parameter_stderr: float
 

@@ -131,6 +131,7 @@ def density(parameters: int, *, probes: int = 2, nan_stderr: bool = False) -> De
         nodes=[[-0.02, 0.1, 1.31]] * probes,
         weights=[[0.05, 0.9, 0.05]] * probes,
         negative_mass=mass(),
+        significant_negative_mass=mass(),
         parameters=parameters,
     )
 
@@ -171,6 +172,7 @@ def summary(*, nan_ratio: bool = False) -> Summary:
         trace=trace(4.2, PARAMETERS, stderr=0.11),
         ratio=NAN if nan_ratio else -0.047 / 1.31,
         negative_mass=mass(),
+        significant_negative_mass=mass(),
         trace_per_parameter=4.2 / PARAMETERS,
         trace_per_parameter_stderr=0.11 / PARAMETERS,
     )

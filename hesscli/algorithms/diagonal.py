@@ -8,13 +8,14 @@ probes of the deflated remainder, with a standard error for every entry.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from hesscli.algorithms import Matmat
+from hesscli.algorithms.segments import Segments
 from hesscli.algorithms.sketch import DeflatedProbing
 
 #: Probes of the remainder at least (so that a standard error means something).
@@ -32,6 +33,9 @@ class DiagonalEstimate:
         products: Products spent.
         probes: Random probes of the remainder (0 when exact).
         sketch: Sketch columns of the exact low-rank part.
+        block_base: ``(S,)`` per-block sums of the exact low-rank part (estimates only).
+        block_samples: ``(S, probes)`` per-block sums of every probe's samples: with
+            ``block_base``, the Hutch++ traces of the blocks from the same probes.
     """
 
     values: torch.Tensor
@@ -40,6 +44,8 @@ class DiagonalEstimate:
     products: int
     probes: int = 0
     sketch: int = 0
+    block_base: torch.Tensor | None = None
+    block_samples: torch.Tensor | None = None
 
 
 def exact_diagonal(
@@ -73,6 +79,7 @@ def estimate_diagonal(
     products: int,
     sketch: int | None = None,
     batch: int = 8,
+    blocks: Sequence[tuple[int, int]] | None = None,
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
@@ -86,6 +93,7 @@ def estimate_diagonal(
         products: Budget; a third goes to the sketch (2k products) unless ``sketch`` is given.
         sketch: k (default ``products // 3`` halved to products, i.e. one third each phase).
         batch: Probes per matmat call.
+        blocks: ``(start, stop)`` row blocks whose traces to keep from the same probes.
         generator: CPU generator.
         dtype: Dtype of the vectors handed to ``matmat``.
         device: Their device.
@@ -100,12 +108,15 @@ def estimate_diagonal(
     probing = DeflatedProbing(
         matmat, size, sketch=k, generator=generator, dtype=dtype, device=torch.device(device)
     )
+    segments = Segments.of(size, blocks, device=probing.low_rank.device)
     total = torch.zeros(size, dtype=torch.float64, device=probing.low_rank.device)
     squares = torch.zeros_like(total)
+    sums: list[torch.Tensor] = []
     count = 0
     while probing.products < products:
         take = min(batch, products - probing.products)
         samples = probing.probe(take)
+        sums.append(segments.sum(samples))
         total += samples.sum(dim=1)
         squares += samples.square().sum(dim=1)
         count += take
@@ -120,6 +131,8 @@ def estimate_diagonal(
         products=probing.products,
         probes=count,
         sketch=probing.sketch,
+        block_base=segments.sum(probing.low_rank[:, None])[:, 0],
+        block_samples=torch.cat(sums, dim=1),
     )
 
 

@@ -114,25 +114,73 @@ def extreme_eigenvalues(
     Returns:
         One :class:`Extremes` per block.
     """
-    if top_k < 0 or bottom_k < 0 or top_k + bottom_k == 0:
-        raise ValueError("ask for at least one eigenvalue (top_k or bottom_k ≥ 1)")
-    device = torch.device(device)
-    segments = Segments.of(size, blocks, device=device)
-    limit = max(segments.sizes) if max_steps is None else max(1, min(max_steps, size))
-    start = torch.randn(size, 1, generator=generator, dtype=torch.float64).to(device, dtype)
-    run = Lanczos(
-        matmat, start, segments=segments, keep_products=keep_products, generator=generator
+    search = ExtremeSearch(
+        matmat,
+        size,
+        top_k=top_k,
+        bottom_k=bottom_k,
+        tol=tol,
+        max_steps=max_steps,
+        blocks=blocks,
+        generator=generator,
+        dtype=dtype,
+        device=device,
+        keep_products=keep_products,
     )
-    wanted = top_k + bottom_k
-    while run.steps < limit and not run.done:
-        run.step()
+    while search.wants_more():
+        search.run.step()
         if on_step is not None:
-            on_step(run.steps, limit)
-        if run.steps >= min(wanted + EXTRA_STEPS, limit) and _all_converged(
-            run, top_k, bottom_k, tol
-        ):
-            break
-    return _extract(run, top_k, bottom_k, tol)
+            on_step(search.run.steps, search.limit)
+    return search.result()
+
+
+class ExtremeSearch:
+    """The state of :func:`extreme_eigenvalues`, for drivers that batch several runs' products.
+
+    ``run`` is the :class:`Lanczos` run; step it (or ``advance`` it with products computed
+    elsewhere) while :meth:`wants_more`, then read :meth:`result`. The arguments are those of
+    :func:`extreme_eigenvalues`; the start vector is drawn here, so the same generator state
+    gives the same run whichever driver steps it.
+    """
+
+    def __init__(
+        self,
+        matmat: Matmat,
+        size: int,
+        *,
+        top_k: int = 5,
+        bottom_k: int = 0,
+        tol: float = 1e-6,
+        max_steps: int | None = None,
+        blocks: Sequence[tuple[int, int]] | None = None,
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str = "cpu",
+        keep_products: bool = True,
+    ) -> None:
+        if top_k < 0 or bottom_k < 0 or top_k + bottom_k == 0:
+            raise ValueError("ask for at least one eigenvalue (top_k or bottom_k ≥ 1)")
+        device = torch.device(device)
+        segments = Segments.of(size, blocks, device=device)
+        self.limit = max(segments.sizes) if max_steps is None else max(1, min(max_steps, size))
+        self.top_k, self.bottom_k, self.tol = top_k, bottom_k, tol
+        start = torch.randn(size, 1, generator=generator, dtype=torch.float64).to(device, dtype)
+        self.run = Lanczos(
+            matmat, start, segments=segments, keep_products=keep_products, generator=generator
+        )
+
+    def wants_more(self) -> bool:
+        """Whether another step is needed: not converged, not exhausted, within the limit."""
+        run = self.run
+        if run.steps >= self.limit or run.done:
+            return False
+        if run.steps < min(self.top_k + self.bottom_k + EXTRA_STEPS, self.limit):
+            return True
+        return not _all_converged(run, self.top_k, self.bottom_k, self.tol)
+
+    def result(self) -> list[Extremes]:
+        """One :class:`Extremes` per block, with residuals recomputed from products."""
+        return _extract(self.run, self.top_k, self.bottom_k, self.tol)
 
 
 def _ritz(run: Lanczos, block: int) -> tuple[torch.Tensor, torch.Tensor]:

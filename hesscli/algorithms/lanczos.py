@@ -131,9 +131,20 @@ class Lanczos:
 
     def step(self) -> None:
         """One product C·q_j for every process, then the three-term recurrence."""
+        self.advance(self.matmat(self.pending()))
+
+    def pending(self) -> torch.Tensor:
+        """``q_j``, the ``(P, K)`` block whose product the next step needs.
+
+        With :meth:`advance`, lets a driver compute the products of several runs in one data
+        pass (``step()`` is ``advance(matmat(pending()))``).
+        """
+        return self._basis[self._count - 1]
+
+    def advance(self, w: torch.Tensor) -> None:
+        """Take the step with ``w = C·pending()`` computed elsewhere."""
         seg, j = self.segments, self._count - 1
         q = self._basis[j]
-        w = self.matmat(q)
         if self.keep_products:
             self._products = _grown(self._products, j + 1)
             self._products[j] = w

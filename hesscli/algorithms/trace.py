@@ -195,13 +195,29 @@ def estimate_trace(
         ):
             stopped = "target"
             break
-    per_block = torch.cat(samples, dim=1)
-    return Traces(
-        total=_estimate(per_block.sum(dim=0), float(base.sum())),
-        blocks=tuple(_estimate(per_block[s], float(base[s])) for s in range(segments.count)),
-        method="hutch++" if probing.sketch else "hutchinson",
+    return traces_from_probes(
+        base,
+        torch.cat(samples, dim=1),
         stopped=stopped,
         products=probing.products,
-        probes=per_block.shape[1],
         sketch=probing.sketch,
+    )
+
+
+def traces_from_probes(
+    base: torch.Tensor, samples: torch.Tensor, *, stopped: str, products: int, sketch: int
+) -> Traces:
+    """Hutch++ traces from per-block sums of the same probes.
+
+    ``base`` ``(S,)`` holds the blocks' exact low-rank parts, ``samples`` ``(S, probes)`` their
+    probe values; the whole is their sum over blocks.
+    """
+    return Traces(
+        total=_estimate(samples.sum(dim=0), float(base.sum())),
+        blocks=tuple(_estimate(samples[s], float(base[s])) for s in range(samples.shape[0])),
+        method="hutch++" if sketch else "hutchinson",
+        stopped=stopped,
+        products=products,
+        probes=samples.shape[1],
+        sketch=sketch,
     )

@@ -197,18 +197,33 @@ class CurvatureOperator:
         l), so per-layer algorithms pay one pass, not one per layer.
         """
         columns = self._columns(matrix)
-        count, blocks = columns.shape[1], self.layout.blocks
-        spread = columns.new_zeros(self.size, len(blocks) * count)
-        for index, block in enumerate(blocks):
-            rows = slice(block.start, block.stop)
-            spread[rows, index * count : (index + 1) * count] = columns[rows]
-        products = self._pass(self.layout.unflatten(spread), spread.shape[1])
-        result = columns.new_zeros(columns.shape)
-        for index, block in enumerate(blocks):
-            rows = slice(block.start, block.stop)
-            result[rows] = products[rows, index * count : (index + 1) * count]
-        self.counters.products += spread.shape[1]
+        _, result = self.fused_matmat(columns[:, :0], columns)
         return result if matrix.ndim == 2 else result[:, 0]
+
+    def fused_matmat(
+        self, full: torch.Tensor, blockwise: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(C·A, block_matmat(B))`` in one data pass: both sets of columns ride together.
+
+        Lets several algorithms (whole-model and per-layer Lanczos runs, density probes)
+        share the forward and backward work of every micro-batch.
+        """
+        a, b = self._columns(full), self._columns(blockwise)
+        count, blocks = b.shape[1], self.layout.blocks
+        spread = a.new_zeros(self.size, a.shape[1] + len(blocks) * count)
+        spread[:, : a.shape[1]] = a
+        for index, block in enumerate(blocks):
+            rows = slice(block.start, block.stop)
+            first = a.shape[1] + index * count
+            spread[rows, first : first + count] = b[rows]
+        products = self._pass(self.layout.unflatten(spread), spread.shape[1])
+        self.counters.products += spread.shape[1]
+        result = b.new_zeros(b.shape)
+        for index, block in enumerate(blocks):
+            rows = slice(block.start, block.stop)
+            first = a.shape[1] + index * count
+            result[rows] = products[rows, first : first + count]
+        return products[:, : a.shape[1]], result
 
     def dense(self, *, columns_per_pass: int = 256) -> torch.Tensor:
         """The whole ``(P, P)`` matrix, column blocks at a time (for small models and tests)."""
