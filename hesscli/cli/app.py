@@ -13,9 +13,13 @@ import typer
 from typer.core import TyperGroup
 
 from hesscli import __version__
+from hesscli.cli.commands.check import check
+from hesscli.cli.commands.compare import compare
 from hesscli.cli.commands.convert import convert
+from hesscli.cli.commands.density import density
 from hesscli.cli.commands.diag import diag
 from hesscli.cli.commands.info import info
+from hesscli.cli.commands.report import report
 from hesscli.cli.commands.spectrum import spectrum
 from hesscli.cli.commands.trace import trace
 from hesscli.errors import HesscliError
@@ -96,6 +100,10 @@ def _root(
 app.command()(spectrum)
 app.command()(trace)
 app.command()(diag)
+app.command()(density)
+app.command()(report)
+app.command()(check)
+app.command()(compare)
 app.command()(info)
 app.command()(convert)
 

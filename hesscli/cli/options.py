@@ -180,3 +180,100 @@ HvpMethod = Annotated[
         rich_help_panel=_COMPUTE,
     ),
 ]
+
+
+# -- density, report, check and compare --------------------------------------------------------
+_ESTIMATION = "Estimation"
+
+
+def positive_float(value: float | None) -> float | None:
+    """Reject 0 and negative values of options that divide or scale (``--sigma``, ``--lr``)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value:g} is not > 0")
+    return value
+
+
+Probes = Annotated[
+    int,
+    typer.Option(
+        "--probes",
+        min=1,
+        help="Random probe vectors of the density (stochastic Lanczos quadrature); more "
+        "probes shrink its standard error and that of the probes' trace.",
+        rich_help_panel=_ESTIMATION,
+    ),
+]
+Steps = Annotated[
+    int,
+    typer.Option(
+        "--steps",
+        min=1,
+        help="Lanczos steps per probe (quadrature nodes per probe, one data pass each).",
+        rich_help_panel=_ESTIMATION,
+    ),
+]
+Points = Annotated[
+    int,
+    typer.Option(
+        "--points", min=2, help="Grid points of the smoothed density.", rich_help_panel=_ESTIMATION
+    ),
+]
+Sigma = Annotated[
+    float | None,
+    typer.Option(
+        "--sigma",
+        callback=positive_float,
+        help="Width of the Gaussian that smooths the quadrature, in units of λ. Default: "
+        "automatic (a fraction of the spectrum's span).",
+        rich_help_panel=_ESTIMATION,
+    ),
+]
+ReportTol = Annotated[
+    float | None,
+    typer.Option(
+        "--tol",
+        help="Eigenvalue residual tolerance ‖Cy − λy‖ ≤ TOL × ‖C‖. Default: 1e-4 in float32, "
+        "1e-7 in float64.",
+        rich_help_panel=_ESTIMATION,
+    ),
+]
+ReportMaxSteps = Annotated[
+    int | None,
+    typer.Option(
+        "--max-steps",
+        min=1,
+        help="Lanczos steps at most for the eigenvalues (default 300); unconverged values "
+        "are flagged.",
+        rich_help_panel=_ESTIMATION,
+    ),
+]
+DiagProducts = Annotated[
+    int,
+    typer.Option(
+        "--diag-products",
+        min=1,
+        help="Products for the Diag++ estimate of a layer's diagonal when the layer has no "
+        "fast exact diagonal.",
+        rich_help_panel=_ESTIMATION,
+    ),
+]
+LearningRate = Annotated[
+    float | None,
+    typer.Option(
+        "--lr",
+        callback=positive_float,
+        help="Learning rate of the training run: flags 'sharp' when λmax > 2/LR (gradient "
+        "descent with this step size is unstable along the top eigenvector).",
+        rich_help_panel=_ESTIMATION,
+    ),
+]
+DensityPlot = Annotated[
+    Path | None,
+    typer.Option(
+        "--plot",
+        help="Also draw the density to FILE (format from its suffix: .png, .pdf, .svg; "
+        "needs matplotlib).",
+        show_default=False,
+        rich_help_panel=_OUTPUT,
+    ),
+]

@@ -1,0 +1,85 @@
+"""What ``density``, ``report``, ``check`` and ``compare`` share: the plan line and ``--plot``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import typer
+
+from hesscli.cli.output import stderr_console
+from hesscli.cli.render.overview_tables import plan_line
+from hesscli.cli.render.plots import PlotUnavailable, supported_formats
+from hesscli.errors import ConfigError
+from hesscli.loading.guard import refuse_to_overwrite
+from hesscli.results import Plan, Report
+
+NO_MATPLOTLIB = (
+    "hesscli: note: --plot needs matplotlib; install it with pip install 'hesscli[plot]'"
+)
+
+
+def announce_plan(plan: Plan) -> None:
+    """Say on stderr what the run is about to cost, before its long part starts."""
+    stderr_console().print(plan_line(plan), markup=False, highlight=False, soft_wrap=True)
+
+
+def announce_first_plan(checkpoints: int) -> Callable[[Plan], None]:
+    """``compare`` plans each checkpoint alike: announce the first one, once."""
+    said: list[Plan] = []
+
+    def announce(plan: Plan) -> None:
+        if not said:
+            said.append(plan)
+            line = f"{plan_line(plan)}, per checkpoint ({checkpoints} checkpoints)"
+            stderr_console().print(line, markup=False, highlight=False, soft_wrap=True)
+
+    return announce
+
+
+def check_plot_target(
+    plot: Path | None, inputs: Iterable[str | Path | None], output: Path | None = None
+) -> None:
+    """Refuse a ``--plot`` file that is an input, a directory, ``--output``, or unwritable.
+
+    Called before the run (with the named inputs) and again before printing (with every file
+    the run read), like ``--output``.
+    """
+    if plot is None:
+        return
+    try:
+        refuse_to_overwrite(plot, inputs)
+    except ConfigError as exc:  # the guard words its message for --output
+        raise ConfigError(exc.problem.replace("--output", "--plot", 1), exc.fix) from None
+    target = plot.expanduser()
+    if output is not None and output.expanduser().resolve() == target.resolve():
+        raise ConfigError(f"--plot and --output both name {plot}", "give them different files")
+    if not target.parent.is_dir():
+        raise ConfigError(
+            f"--plot {plot}: folder {target.parent} does not exist", "create it or name another"
+        )
+    formats = supported_formats()
+    suffix = target.suffix.lower().removeprefix(".")
+    if formats is not None and suffix and suffix not in formats:
+        raise ConfigError(
+            f"--plot {plot}: matplotlib cannot write .{suffix} files",
+            f"use one of .{', .'.join(sorted(formats))}",
+        )
+
+
+def write_plot(draw: Callable[[Report, Path], None], report: Report, plot: Path | None) -> None:
+    """Draw ``report`` to ``plot`` (after the result is printed); a missing matplotlib is a note.
+
+    The result is already on stdout, so without matplotlib the run still succeeds: one note on
+    stderr says how to get plots.
+    """
+    if plot is None:
+        return
+    try:
+        draw(report, plot.expanduser())
+    except PlotUnavailable:
+        typer.echo(NO_MATPLOTLIB, err=True)
+        return
+    except OSError as exc:
+        raise ConfigError(f"cannot write --plot {plot}: {exc.strerror}", "check the path") from exc
+    typer.echo(f"wrote plot {plot}", err=True)

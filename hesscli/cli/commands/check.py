@@ -1,0 +1,133 @@
+"""``hesscli check``: thresholds and a baseline gate → exit code 1 when one fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hesscli.cli import options as opt
+from hesscli.cli.commands._overview import announce_plan
+from hesscli.cli.output import emit
+from hesscli.cli.progress import progress_bars
+from hesscli.cli.render.overview_tables import check_renderable
+from hesscli.gate import Thresholds, run_check
+from hesscli.loading.guard import refuse_to_overwrite
+from hesscli.overview import ReportSettings
+from hesscli.results import CheckResults
+
+_PANEL = "Thresholds"
+#: Exit code of a run whose measurements violate a threshold or the baseline.
+EXIT_FAILED = 1
+
+
+def _limit(flag: str, what: str) -> Any:
+    return typer.Option(flag, help=what, show_default=False, rich_help_panel=_PANEL)
+
+
+def check(
+    checkpoint: opt.Checkpoint = None,
+    model: opt.Model = None,
+    model_kwargs: opt.ModelKwargs = None,
+    data: opt.Data = None,
+    loss: opt.Loss = None,
+    max_samples: opt.MaxSamples = None,
+    micro_batch: opt.MicroBatch = None,
+    layer: opt.Layers = None,
+    curvature: opt.Curvature = None,
+    hvp_method: opt.HvpMethod = None,
+    device: opt.Device = None,
+    dtype: opt.Dtype = None,
+    seed: opt.Seed = None,
+    train_mode: opt.TrainMode = None,
+    trust_pickle: opt.TrustPickle = False,
+    config: opt.Config = None,
+    no_config: opt.NoConfig = False,
+    json: opt.Json = False,
+    output: opt.Output = None,
+    max_eigenvalue: Annotated[
+        float | None, _limit("--max-eigenvalue", "Fail when λmax exceeds this.")
+    ] = None,
+    min_eigenvalue: Annotated[
+        float | None, _limit("--min-eigenvalue", "Fail when λmin is below this.")
+    ] = None,
+    max_trace: Annotated[
+        float | None, _limit("--max-trace", "Fail when the trace exceeds this.")
+    ] = None,
+    max_layer_trace: Annotated[
+        float | None, _limit("--max-layer-trace", "Fail when any layer's trace exceeds this.")
+    ] = None,
+    stability_lr: Annotated[
+        float | None,
+        typer.Option(
+            "--stability-lr",
+            callback=opt.positive_float,
+            help="Fail unless λmax < 2/LR (gradient descent with learning rate LR is stable).",
+            show_default=False,
+            rich_help_panel=_PANEL,
+        ),
+    ] = None,
+    baseline: Annotated[
+        Path | None,
+        typer.Option(
+            "--baseline",
+            exists=True,
+            dir_okay=False,
+            help="A previous 'report --json' or 'check --json' output: fail when a measured "
+            "number is worse than there by more than --tolerance.",
+            show_default=False,
+            rich_help_panel=_PANEL,
+        ),
+    ] = None,
+    tolerance: Annotated[
+        float,
+        typer.Option(
+            "--tolerance",
+            min=0.0,
+            help="Relative change allowed against the --baseline.",
+            rich_help_panel=_PANEL,
+        ),
+    ] = 0.05,
+    probes: opt.Probes = 8,
+    steps: opt.Steps = 80,
+    tol: opt.ReportTol = None,
+    max_steps: opt.ReportMaxSteps = None,
+    diag_products: opt.DiagProducts = 300,
+) -> None:
+    """Measure like 'report', then test thresholds and a baseline; exit code 1 when one fails.
+
+    Every threshold is listed with the measured value, its margin and PASS/FAIL; a stochastic
+    value is granted 1.96 standard errors of noise. At least one threshold or --baseline is
+    required. Exit codes: 0 every check passed, 1 one failed, 2 bad usage or input.
+    """
+    named_inputs = [checkpoint, data, model, config, baseline]
+    refuse_to_overwrite(output, named_inputs)
+    request = opt.request_from(locals())
+    thresholds = Thresholds(
+        max_eigenvalue=max_eigenvalue,
+        min_eigenvalue=min_eigenvalue,
+        max_trace=max_trace,
+        max_layer_trace=max_layer_trace,
+        stability_lr=stability_lr,
+    )
+    settings = ReportSettings(
+        probes=probes, steps=steps, tol=tol, max_steps=max_steps, diag_products=diag_products
+    )
+    with progress_bars() as progress:
+        report = run_check(
+            request,
+            layer_patterns=layer or [],
+            thresholds=thresholds,
+            baseline=baseline,
+            tolerance=tolerance,
+            settings=settings,
+            progress=progress,
+            announce=announce_plan,
+        )
+    refuse_to_overwrite(output, [*report.input_files, baseline])
+    emit(report, as_json=json, output=output, table=check_renderable)
+    results = report.results
+    assert isinstance(results, CheckResults)
+    if not results.passed:
+        raise typer.Exit(EXIT_FAILED)
