@@ -395,6 +395,7 @@ def _options(settings: ReportSettings) -> dict[str, object]:
         "max_steps": settings.max_steps,
         "diag_products": settings.diag_products,
         "lr": settings.lr,
+        "stability_bound": None if settings.lr is None else 2 / settings.lr,
         "points": settings.points,
         "sigma": settings.sigma,
     }

@@ -210,7 +210,8 @@ def _compare_report(lr: float | None = 0.05) -> Report:
         )
         for i in range(3)
     ]
-    return _envelope("compare", replace(base, checkpoints=points), lr=lr)
+    bound = None if lr is None else 2 / lr
+    return _envelope("compare", replace(base, checkpoints=points), lr=lr, stability_bound=bound)
 
 
 def _text(renderable: object) -> str:

@@ -160,10 +160,10 @@ def trajectory_plot(report: Report, path: Path) -> None:
     top, trace, bottom, mass = fig.subplots(2, 2, sharex=True).ravel()
 
     top.plot(x, [s.top.value for s in summaries], marker="o", label="λmax")
-    lr = report.settings.options.get("lr")
-    if isinstance(lr, int | float) and lr > 0:
+    bound = report.settings.options.get("stability_bound")
+    if isinstance(bound, int | float):
         # 2/lr: gradient descent with step lr is unstable along directions sharper than this.
-        top.axhline(2.0 / lr, color="tab:red", linestyle="--", label=f"2/lr = {2.0 / lr:.4g}")
+        top.axhline(bound, color="tab:red", linestyle="--", label=f"2/lr = {bound:.4g}")
     top.set_title("largest eigenvalue λmax")
     top.legend(fontsize="small")
 
