@@ -24,7 +24,7 @@ from hesscli.algorithms.density import (
     smoothed,
     span,
 )
-from hesscli.algorithms.eigen import ExtremeSearch
+from hesscli.algorithms.eigen import ExtremeSearch, extremes_of
 from hesscli.algorithms.lockstep import Member, advance_together
 from hesscli.algorithms.trace import t_quantile_975
 from hesscli.analysis import Prepared, Request, operator_for, prepare, report_for
@@ -52,7 +52,6 @@ from hesscli.results import (
     Cost,
     Density,
     DensityResults,
-    Eigenvalue,
     Engine,
     Flag,
     LayerSummary,
@@ -140,20 +139,6 @@ def _density(quadrature: Quadrature, *, points: int, sigma: float | None, tol: f
     )
 
 
-def _ritz_extremes(
-    quadrature: Quadrature, tol: float, top_k: int = 3
-) -> tuple[list[Eigenvalue], list[Eigenvalue]]:
-    """The first probe's largest and smallest Ritz values, with the recurrence's residuals."""
-    depth = quadrature.depths[0]
-    nodes, residuals = quadrature.nodes[0, :depth], quadrature.residuals[0, :depth]
-    scale = float(nodes.abs().max())
-
-    def value(i: int) -> Eigenvalue:
-        return Eigenvalue(float(nodes[i]), float(residuals[i]), bool(residuals[i] <= tol * scale))
-
-    return [value(depth - 1 - i) for i in range(min(top_k, depth))], [value(0)]
-
-
 def _probe_trace(quadrature: Quadrature) -> Trace:
     """P·(mean first moment): the Hutchinson trace of the density's own probes."""
     mean, stderr = moment(quadrature, 1)
@@ -203,7 +188,8 @@ def run_density(
     )
     (quadrature,) = whole.result()
     density = _density(quadrature, points=points, sigma=sigma, tol=tol)
-    top, bottom = _ritz_extremes(quadrature, tol)
+    (extremes,) = extremes_of(whole.run, 3, 1, tol)  # residuals: one more data pass
+    top, bottom = _eigenvalues(extremes.top), _eigenvalues(extremes.bottom)
     layers = {}
     if per_layer:
         found = searches[1].result()

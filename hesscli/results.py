@@ -317,9 +317,9 @@ class Density:
 class DensityResults:
     """Results of ``hesscli density``: the whole selection's and (``--per-layer``) each layer's.
 
-    ``top``/``bottom`` are the extreme Ritz values of the probes (marked on plots),
-    with the residual the recurrence gives; ``trace`` is the probes' Hutchinson estimate
-    (the first moment of the quadrature, times P).
+    ``top``/``bottom`` are the extreme Ritz values of the first probe's Lanczos run (marked on
+    plots), with residuals recomputed from one more product; ``trace`` is the probes'
+    Hutchinson estimate (the first moment of the quadrature, times P).
     """
 
     grid: list[float]

@@ -180,7 +180,7 @@ class ExtremeSearch:
 
     def result(self) -> list[Extremes]:
         """One :class:`Extremes` per block, with residuals recomputed from products."""
-        return _extract(self.run, self.top_k, self.bottom_k, self.tol)
+        return extremes_of(self.run, self.top_k, self.bottom_k, self.tol)
 
 
 def _ritz(run: Lanczos, block: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,7 +211,12 @@ def _all_converged(run: Lanczos, top_k: int, bottom_k: int, tol: float) -> bool:
     return True
 
 
-def _extract(run: Lanczos, top_k: int, bottom_k: int, tol: float) -> list[Extremes]:
+def extremes_of(run: Lanczos, top_k: int, bottom_k: int, tol: float) -> list[Extremes]:
+    """Extreme Ritz pairs of column 0 of every block of ``run``, residuals from products.
+
+    Any Lanczos run will do (a density's probes too); without kept products this costs one
+    more matmat.
+    """
     chosen: list[tuple[torch.Tensor, list[int], list[int], torch.Tensor]] = []
     for block in range(run.segments.count):
         theta, s = _ritz(run, block)

@@ -261,8 +261,8 @@ def density_renderable(report: Report) -> RenderableType:
             )
         parts.append(table)
     note = (
-        f"{SCALE}\nRitz values: the probes' extreme quadrature nodes, residuals from the "
-        "Lanczos recurrence; grid, density and nodes in --json"
+        f"{SCALE}\nRitz values: extreme nodes of the first probe, residuals ‖Cy − λy‖ "
+        "recomputed from products; grid, density and nodes in --json"
     )
     parts.append(_footer(report.cost, results.engine, note))
     return Group(*parts)
