@@ -398,7 +398,7 @@ def check_renderable(report: Report) -> RenderableType:
 
 
 # -- compare -----------------------------------------------------------------------------------
-COMPARE_COLUMNS = ["λmax", "λmin", "λmin/λmax", "trace", "neg. mass", "trace/param"]
+COMPARE_COLUMNS = ["λmax", "λmin", "λmin/λmax", "trace", "sig. neg. mass", "trace/param"]
 
 
 def compare_renderable(report: Report) -> RenderableType:
@@ -419,13 +419,13 @@ def compare_renderable(report: Report) -> RenderableType:
             _eig(s.bottom),
             f"{s.ratio:.3g}",
             _pm(s.trace.value, s.trace.stderr, s.trace.exact),
-            _mass(s.negative_mass),
+            _mass(s.significant_negative_mass),
             _short(s.trace_per_parameter),
             escape(_flag_names(checkpoint.flags)),
         )
     note = (
         f"{NOT_CONVERGED} not converged (residual in --json); trace ± stderr (no ±: exact); "
-        "neg. mass = fraction of eigenvalues below −threshold; trace/param = trace per "
+        "sig. neg. mass = fraction of eigenvalues below −1 % of λmax; trace/param = trace per "
         "parameter; flags: the model's, then each layer's; every checkpoint's per-layer rows "
         "are in --json"
     )

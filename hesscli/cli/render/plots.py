@@ -193,7 +193,7 @@ def trajectory_plot(report: Report, path: Path) -> None:
             color=color,
             label=label,
         )
-    mass.set_title("negative mass (± standard error)")
+    mass.set_title("negative mass (± s.e.)")
     mass.legend(fontsize="small")
     mass.yaxis.set_major_formatter(PercentFormatter(1.0))
 
