@@ -289,7 +289,7 @@ def run_check(
         trainable = {n for n, p in prepared.problem.model.named_parameters() if p.requires_grad}
         names = [x.name for x in prepared.layers if any(p in trainable for p in x.parameters)]
         _same_problem(base, baseline, names, curvature)
-    found = measure_all(prepared, settings, progress=progress, announce=announce)
+    found, cost = measure_all(prepared, settings, progress=progress, announce=announce)
     items = _thresholds(thresholds, found.summary, found.layers)
     if base is not None:
         items += _against_baseline(base, found.summary, found.layers, tolerance)
@@ -309,6 +309,6 @@ def run_check(
         "baseline": results.baseline,
         "tolerance": results.tolerance,
     }
-    report = report_for("check", prepared, results, found.cost, options)
+    report = report_for("check", prepared, results, cost, options)
     files = (*report.input_files, str(baseline)) if baseline is not None else report.input_files
     return replace(report, input_files=files)

@@ -52,8 +52,6 @@ from hesscli.results import (
     Cost,
     Density,
     DensityResults,
-    Engine,
-    Flag,
     LayerSummary,
     Mass,
     Plan,
@@ -216,19 +214,6 @@ def run_density(
     return report_for("density", prepared, results, _cost(op, start), options)
 
 
-@dataclass(frozen=True)
-class Measurement:
-    """What ``report``, ``check`` and ``compare`` measure on one checkpoint."""
-
-    summary: Summary
-    layers: dict[str, LayerSummary]
-    density: Density
-    flags: list[Flag]
-    plan: Plan
-    engine: Engine
-    cost: Cost
-
-
 def _check_settings(settings: ReportSettings) -> None:
     _check_density_options(settings.probes, settings.steps, settings.points, settings.sigma)
     _positive(settings.tol, "--tol")
@@ -261,8 +246,8 @@ def measure(
     *,
     progress: Progress = _quiet,
     announce: Announce = _silent,
-) -> Measurement:
-    """Every quantity of ``report`` on a prepared problem, sharing data passes.
+) -> tuple[ReportResults, Cost]:
+    """Every quantity of ``report`` on a prepared problem, sharing data passes, and its cost.
 
     Phase 1 steps, in lockstep and one data pass per step, the whole-selection Lanczos run of
     ``spectrum --top-k 1 --bottom-k 1``, the per-layer runs of ``--per-layer``, and the
@@ -362,15 +347,15 @@ def measure(
         raised = layer_flags(block.name, row, summary, layers=len(blocks))
         layers[block.name] = replace(row, flags=[f.name for f in raised])
         flags += raised
-    return Measurement(
+    results = ReportResults(
         summary=summary,
         layers=layers,
         density=density,
         flags=flags,
         plan=planned[0],
         engine=_engine(op),
-        cost=_cost(op, start, diagonals.output_space),
     )
+    return results, _cost(op, start, diagonals.output_space)
 
 
 def _options(settings: ReportSettings) -> dict[str, object]:
@@ -398,16 +383,8 @@ def run_report(
     """Every quantity, one row per layer, with a summary and flags; ``announce`` gets the plan."""
     _check_settings(settings)
     prepared = prepare(request, layer_patterns=layer_patterns)
-    found = measure(prepared, settings, progress=progress, announce=announce)
-    results = ReportResults(
-        summary=found.summary,
-        layers=found.layers,
-        density=found.density,
-        flags=found.flags,
-        plan=found.plan,
-        engine=found.engine,
-    )
-    return report_for("report", prepared, results, found.cost, _options(settings))
+    results, cost = measure(prepared, settings, progress=progress, announce=announce)
+    return report_for("report", prepared, results, cost, _options(settings))
 
 
 def run_compare(
@@ -434,14 +411,14 @@ def run_compare(
         options = {**request.options, "checkpoint": path}
         prepared = prepare(replace(request, options=options), layer_patterns=layer_patterns)
         first = first or prepared
-        found = measure(prepared, settings, progress=progress, announce=announce)
+        found, cost = measure(prepared, settings, progress=progress, announce=announce)
         entries.append(
             Checkpoint(
                 checkpoint=str(prepared.problem.checkpoint.path),
                 summary=found.summary,
                 layers=found.layers,
                 flags=found.flags,
-                cost=found.cost,
+                cost=cost,
             )
         )
         files.append(str(prepared.problem.checkpoint.path))

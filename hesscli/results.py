@@ -314,25 +314,15 @@ class Density:
 
 
 @dataclass(frozen=True)
-class DensityResults:
-    """Results of ``hesscli density``: the whole selection's and (``--per-layer``) each layer's.
+class DensityResults(Density):
+    """Results of ``hesscli density``: the selection's density, and each layer's with --per-layer.
 
-    ``top``/``bottom`` are the extreme Ritz values of the first probe's Lanczos run (marked on
-    plots), with residuals recomputed from one more product; ``trace`` is the probes'
-    Hutchinson estimate (the first moment of the quadrature, times P).
+    The inherited fields are the whole selection's. ``top``/``bottom`` are the extreme Ritz
+    values of the first probe's Lanczos run (marked on plots), with residuals recomputed from
+    one more product; ``trace`` is the probes' Hutchinson estimate (the first moment of the
+    quadrature, times P).
     """
 
-    grid: list[float]
-    density: list[float]
-    stderr: list[float]
-    sigma: float
-    probes: int
-    steps: int
-    nodes: list[list[float]]
-    weights: list[list[float]]
-    negative_mass: Mass
-    significant_negative_mass: Mass
-    parameters: int
     top: list[Eigenvalue]
     bottom: list[Eigenvalue]
     trace: Trace
