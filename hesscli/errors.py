@@ -69,3 +69,11 @@ class DifferentiationError(HesscliError):
 
 class DeterminismError(HesscliError):
     """The loss is not a fixed function of the parameters (dropout, training-mode BatchNorm)."""
+
+
+class MemoryLimitError(HesscliError):
+    """The computation does not fit in the memory available, even at its smallest settings."""
+
+
+class DistributedError(HesscliError):
+    """The distributed run cannot be set up (launcher, backend or data sharding)."""

@@ -10,7 +10,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from hesscli.engine.operator import CurvatureOperator
-from hesscli.engine.routes import FORWARD, REVERSE
+from hesscli.engine.routes import FINITE, FORWARD, REVERSE
 from hesscli.errors import (
     ConfigError,
     DeterminismError,
@@ -220,16 +220,47 @@ def test_forcing_an_unavailable_route_names_it():
         op.matvec(torch.ones(op.size, dtype=F64))
 
 
-def test_no_route_at_all_is_a_clear_error(monkeypatch):
+def test_no_second_order_route_falls_back_to_finite_differences(monkeypatch):
     monkeypatch.setattr(_CosTimes, "has_jvp", False)
     model, data = _setup(_NoDoubleBackward)
+    op = CurvatureOperator(model, data, MSE, micro_batch=4)
+    actual = op.dense()
+    expected = _truth(model, data)
+    assert op.route.route == FINITE
+    reason = op.route.reason
+    assert "double backward is not implemented" in reason
+    assert "no forward-mode rule" in reason
+    assert "estimated relative error" in reason
+    # The stated error is of the size of the real one: neither hidden nor wildly pessimistic.
+    error = dense.relative(actual, expected)
+    assert 1e-12 < error < 1e-5
+    assert error / 30 < op.route.error < error * 30, (error, op.route.error)
+
+
+def test_finite_differences_on_request_match_the_hessian():
+    model, data = _setup()
+    op = CurvatureOperator(model, data, MSE, method="fd", micro_batch=4)
+    expected = _truth(model, data)
+    assert dense.relative(op.dense(), expected) < 1e-6
+    assert op.route.route == FINITE
+    assert op.route.reason.startswith("finite differences of the gradient; estimated")
+
+
+def test_no_derivative_at_all_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(_CosTimes, "has_jvp", False)
+    monkeypatch.setattr(_NoDoubleBackward, "backward", staticmethod(_no_backward))
+    model, data = _setup(_NoDoubleBackward)
     op = CurvatureOperator(model, data, MSE)
-    with pytest.raises(DifferentiationError, match="cannot be differentiated twice") as info:
+    with pytest.raises(DifferentiationError, match="cannot be differentiated") as info:
         op.matvec(torch.ones(op.size, dtype=F64))
     message = info.value.one_line()
-    assert "double backward is not implemented" in message
-    assert "no forward-mode rule" in message
+    assert "finite differences failed" in message
+    assert "no backward for this op" in message
     assert "\n" not in message
+
+
+def _no_backward(ctx, grad):
+    raise NotImplementedError("no backward for this op")
 
 
 def test_dropout_in_training_mode_is_refused():

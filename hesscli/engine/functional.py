@@ -14,6 +14,7 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from hesscli.engine.weighting import SAMPLES, Weighting
 from hesscli.loading.data import Batch, Dataset, Inputs, map_inputs
 
 #: Micro-batch size used when the user sets none.
@@ -77,18 +78,25 @@ def math_attention() -> contextlib.AbstractContextManager:
     return sdpa_kernel(SDPBackend.MATH)
 
 
-def micro_batches(dataset: Dataset, size: int | None) -> Iterator[tuple[int, Batch, float]]:
-    """Yield ``(first sample index, micro-batch, weight bⱼ/N)`` covering every sample once.
+def micro_batches(
+    dataset: Dataset, size: int | None, weighting: Weighting | None = None
+) -> Iterator[tuple[int, Batch, float]]:
+    """Yield ``(first sample index, micro-batch, weight uⱼ/U)`` covering every sample once.
 
-    Weighting each micro-batch's *mean* loss by bⱼ/N makes the sum equal the mean over all N
-    samples, whatever the split (the last micro-batch may be smaller): never a plain sum, and
-    never a division by the number of micro-batches.
+    Weighting each micro-batch's *mean* loss by its share of the units (samples, or real
+    tokens) makes the sum equal the mean over all of them, whatever the split (the last
+    micro-batch may be smaller): never a plain sum, and never a division by the number of
+    micro-batches. A micro-batch with no units (only padding) has weight 0 and an undefined
+    mean, so it is skipped. Without ``weighting``: samples of ``dataset`` alone.
     """
     step = size or DEFAULT_MICRO_BATCH
-    total = dataset.num_samples
+    if weighting is None:
+        weighting = Weighting(SAMPLES, dataset.num_samples, dataset.num_samples)
     offset = 0
     for batch in dataset.batches:
         for start in range(0, batch.size, step):
             part = batch.slice(start, min(start + step, batch.size))
-            yield offset + start, part, part.size / total
+            weight = weighting.weight(part)
+            if weight > 0:
+                yield offset + start, part, weight
         offset += batch.size

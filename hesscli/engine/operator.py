@@ -22,6 +22,7 @@ the seed 3→4→5 network (the loss is the mean over all samples, whatever the 
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 
 from hesscli.engine.determinism import check_modules, check_repeatable
+from hesscli.engine.distributed import SINGLE, Group
 from hesscli.engine.functional import (
     DEFAULT_MICRO_BATCH,
     Params,
@@ -39,11 +41,15 @@ from hesscli.engine.functional import (
     to_device,
 )
 from hesscli.engine.layout import Block, Layout
+from hesscli.engine.memory import MemoryPlan, is_out_of_memory, plan_memory, release_cached
 from hesscli.engine.params import list_layers
 from hesscli.engine.products import Apply, LossFn, MicroBatchLoss
 from hesscli.engine.routes import METHODS, REVERSE, RouteReport, build, select_route
-from hesscli.errors import ConfigError, NumericalError
+from hesscli.engine.weighting import Weighting
+from hesscli.errors import ConfigError, DifferentiationError, MemoryLimitError, NumericalError
 from hesscli.loading.data import Dataset
+
+log = logging.getLogger("hesscli")
 
 KINDS = ("hessian", "ggn")
 REDUCTIONS = ("mean", "sum")
@@ -95,6 +101,10 @@ class CurvatureOperator:
             graph between calls, which makes later products skip the forward pass (default: a
             quarter of the device's free memory; 0 disables).
         verify: Check the route on the first micro-batch (turn off only to time a bare route).
+        group: The distributed process group; ``dataset`` is then this rank's shard, and every
+            product is summed over the ranks (default: one process).
+        weighting: The unit the loss averages over and its total over all ranks (default: the
+            samples of ``dataset``); see :mod:`hesscli.engine.weighting`.
     """
 
     def __init__(
@@ -111,6 +121,8 @@ class CurvatureOperator:
         chunk_size: int | None = DEFAULT_CHUNK,
         cache_bytes: int | None = None,
         verify: bool = True,
+        group: Group = SINGLE,
+        weighting: Weighting | None = None,
     ) -> None:
         if kind not in KINDS:
             raise ConfigError(f"unknown curvature {kind!r}", "use hessian or ggn")
@@ -135,6 +147,9 @@ class CurvatureOperator:
         self.micro_batch = micro_batch or DEFAULT_MICRO_BATCH
         self.chunk_size = chunk_size
         self.verify = verify
+        self.group = group
+        self.weighting = weighting or Weighting("samples", dataset.num_samples, dataset.num_samples)
+        self.memory: MemoryPlan | None = None
         trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         if blocks is None:
             blocks = [
@@ -254,22 +269,41 @@ class CurvatureOperator:
         The weight is bⱼ/N for mean losses (1 for sums): weighted results add up to the whole.
         For engine code that takes other derivatives of the same losses (layer diagonals).
         """
-        for first, part, weight in micro_batches(self.dataset, self.micro_batch):
+        for first, part, weight in micro_batches(self.dataset, self.micro_batch, self.weighting):
             yield first, self._micro_batch_loss(part), weight if self.reduction == "mean" else 1.0
 
     def _micro_batch_loss(self, part: object) -> MicroBatchLoss:
         batch = to_device(part, device=self.device, dtype=self.dtype)  # type: ignore[arg-type]
         return MicroBatchLoss(self.model, self.loss_fn, batch, self._variables, self._fixed)
 
-    def _pass(self, block: Params, count: int) -> Params | torch.Tensor:
+    def _pass(self, block: Params, count: int) -> torch.Tensor:
+        """One pass over this rank's micro-batches, summed over the ranks.
+
+        Running out of memory is not fatal: the pass restarts with half the vmap chunk, then
+        half the micro-batch (neither changes the result), until nothing smaller is possible.
+        """
         start = time.perf_counter()
-        total = torch.zeros(self.size, count, device=self.device, dtype=self.dtype)
         if count == 0:
-            return total
+            return torch.zeros(self.size, count, device=self.device, dtype=self.dtype)
+        while True:
+            try:
+                total = self._local_pass(block, count)
+                break
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self._shrink(exc)
+        self.group.sum_(total)
+        self.counters.data_passes += 1
+        self.counters.seconds += time.perf_counter() - start
+        return total
+
+    def _local_pass(self, block: Params, count: int) -> torch.Tensor:
+        total = torch.zeros(self.size, count, device=self.device, dtype=self.dtype)
         batches = self.num_micro_batches
         with math_attention():
             for index, (first, part, weight) in enumerate(
-                micro_batches(self.dataset, self.micro_batch)
+                micro_batches(self.dataset, self.micro_batch, self.weighting)
             ):
                 product = self._product(index, part, block, batches)
                 flat = self.layout.flatten(product)
@@ -279,13 +313,56 @@ class CurvatureOperator:
                         f"{first + part.size - 1} (in {self._bad_parameter(flat)})",
                         "check those samples and the weights; try --dtype float64",
                     )
-                # Mean: weight bⱼ/N, so the sum is the mean over all N samples; sum: weight 1.
+                # Mean: weight uⱼ/U, so the sum is the mean over all units; sum: weight 1.
                 total.add_(flat, alpha=weight if self.reduction == "mean" else 1.0)
                 if self.progress is not None:
                     self.progress(index + 1, batches)
-        self.counters.data_passes += 1
-        self.counters.seconds += time.perf_counter() - start
         return total
+
+    def _shrink(self, exc: BaseException) -> None:
+        """Halve the vmap chunk (forward route), else the micro-batch, after running out."""
+        self.release()
+        release_cached(self.device)
+        chunk = self.chunk_size or DEFAULT_CHUNK
+        forward = self.route is None or self.route.route != REVERSE
+        if forward and chunk > 1:
+            self.chunk_size = chunk // 2
+            change = f"{self.chunk_size} columns per vmap call"
+        elif self.micro_batch > 1:
+            self.micro_batch = (min(self.micro_batch, self._largest_batch()) + 1) // 2
+            change = f"micro-batches of {self.micro_batch}"
+        else:
+            raise MemoryLimitError(
+                f"out of memory on {self.device} even with one sample per micro-batch and one "
+                f"column per product ({_first_line(exc)})",
+                "use --dtype float32, fewer layers (--layer), a device with more memory, or "
+                "more processes (torchrun)",
+            ) from exc
+        log.warning("out of memory on %s; retrying with %s", self.device, change)
+
+    def _largest_batch(self) -> int:
+        return max(b.size for b in self.dataset.batches)
+
+    def fit_memory(self, budget: int, source: str, *, fixed_micro_batch: bool) -> MemoryPlan:
+        """Size micro-batches and vmap chunks to ``budget`` bytes, from a measured forward.
+
+        Keeps a micro-batch the user fixed (only the chunk then adapts) and caches gradient
+        graphs only in what the plan leaves free.
+        """
+        first = next(iter(micro_batches(self.dataset, self._largest_batch(), self.weighting)))
+        plan = plan_memory(
+            self._micro_batch_loss(first[1]),
+            budget=budget,
+            source=source,
+            micro_batch=self.micro_batch,
+            chunk_size=self.chunk_size or DEFAULT_CHUNK,
+            fixed_micro_batch=fixed_micro_batch,
+            samples=self._largest_batch(),
+        )
+        self.micro_batch, self.chunk_size = plan.micro_batch, plan.chunk_size
+        self.cache_bytes = min(self.cache_bytes, max(0, budget - plan.estimate))
+        self.memory = plan
+        return plan
 
     def _product(self, index: int, part: object, block: Params, batches: int) -> Params:
         cached = self._cache.get(index)
@@ -293,7 +370,7 @@ class CurvatureOperator:
             return cached(block)
         mb = self._micro_batch_loss(part)
         if not self._checked:
-            check_modules(self.model, single_batch=batches == 1)
+            check_modules(self.model, single_batch=batches == 1 and not self.group.active)
             check_repeatable(mb)
             self._checked = True
         if self.route is None:
@@ -310,10 +387,23 @@ class CurvatureOperator:
             self.route = RouteReport(route, self.method, "as requested, unchecked")
             self._maybe_cache(index, apply, graph_bytes)
             return apply(block)
-        apply, product, self.route, graph_bytes = select_route(
+        apply, product, route, graph_bytes = select_route(
             self.kind, self.method, mb, block, chunk_size=self.chunk_size
         )
-        self.counters.check_products += self.route.check_products
+        self.counters.check_products += route.check_products
+        agreed = self.group.agree(route.route)
+        if agreed != route.route:  # every rank computes with rank 0's route
+            try:
+                apply, graph_bytes = build(self.kind, agreed, mb, chunk_size=self.chunk_size)
+                product = apply(block)
+            except (RuntimeError, NotImplementedError) as exc:
+                raise DifferentiationError(
+                    f"rank {self.group.rank} cannot use {agreed}, which rank 0 chose: "
+                    f"{_first_line(exc)}",
+                    "pass --hvp-method with a route every rank can run",
+                ) from exc
+            route = RouteReport(agreed, route.requested, f"rank 0's choice: {route.reason}")
+        self.route = route
         self._maybe_cache(index, apply, graph_bytes)
         return product
 
@@ -341,3 +431,8 @@ def _default_cache_bytes(device: torch.device) -> int:
     except (ValueError, OSError, AttributeError):
         return 1 << 30
     return pages * page // 4
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__

@@ -169,33 +169,51 @@ def ggn_reverse(mb: MicroBatchLoss) -> Apply:
     return apply
 
 
-def hessian_fd(mb: MicroBatchLoss, v: Params) -> Params:
+def hessian_fd(mb: MicroBatchLoss, v: Params, *, scale: float = 1.0) -> Params:
     """H·v by central differences of the gradient: (∇L(θ+hv) − ∇L(θ−hv)) / 2h.
 
     Uses first derivatives only, so it is independent of both second-order routes; its error
-    is O(h²) truncation plus O(ε/h) round-off, with h balancing the two.
+    is O(h²) truncation plus O(ε/h) round-off, with h balancing the two (``scale`` multiplies
+    h, to estimate that error from two step sizes).
     """
-    step = _fd_step(mb.variables, v)
+    step = scale * _fd_step(mb.variables, v)
     plus = _gradient(mb.loss, _shift(mb.variables, v, step))
     minus = _gradient(mb.loss, _shift(mb.variables, v, -step))
     return {n: (plus[n] - minus[n]) / (2 * step) for n in mb.variables}
 
 
-def ggn_fd(mb: MicroBatchLoss, v: Params) -> Params:
+def ggn_fd(mb: MicroBatchLoss, v: Params, *, scale: float = 1.0) -> Params:
     """GGN·v by central differences, using first derivatives only.
 
     J·v from the outputs at θ±hv, H_out·(J·v) from the output gradients at f±h'·Jv, then the
-    vjp Jᵀ(·).
+    vjp Jᵀ(·); ``scale`` multiplies both steps.
     """
-    step = _fd_step(mb.variables, v)
+    step = scale * _fd_step(mb.variables, v)
     with torch.no_grad():
         jv = mb.outputs(_shift(mb.variables, v, step)) - mb.outputs(_shift(mb.variables, v, -step))
         jv = jv / (2 * step)
     outputs, pullback = vjp(mb.outputs, mb.variables)
-    out_step = _fd_step({"o": outputs}, {"o": jv})
+    out_step = scale * _fd_step({"o": outputs}, {"o": jv})
     plus = grad(mb.output_loss)(outputs + out_step * jv)
     minus = grad(mb.output_loss)(outputs - out_step * jv)
     return pullback((plus - minus) / (2 * out_step))[0]
+
+
+def finite_difference(mb: MicroBatchLoss, kind: str) -> Apply:
+    """C·V column by column by central differences of first derivatives (the last resort).
+
+    Two gradient evaluations per column and an error of about √ε relative in the best case:
+    for models where neither second-order route runs (operators without forward-mode or
+    double-backward rules).
+    """
+    single = hessian_fd if kind == "hessian" else ggn_fd
+
+    def apply(block: Params) -> Params:
+        count = next(iter(block.values())).shape[0]
+        columns = [single(mb, {n: t[k] for n, t in block.items()}) for k in range(count)]
+        return {n: _stack([c[n] for c in columns], block[n][0]) for n in block}
+
+    return apply
 
 
 def _gradient(loss: Callable[[Params], torch.Tensor], at: Params) -> Params:

@@ -10,18 +10,21 @@ reported, so no number is silently wrong.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import time
 from dataclasses import dataclass, field
 
 import torch
 from torch.func import grad, jvp, vmap
+from torch.nn.functional import scaled_dot_product_attention
+from torch.overrides import TorchFunctionMode
 
 from hesscli.engine.functional import Params
+from hesscli.engine.memory import SavedBytes, is_out_of_memory
 from hesscli.engine.products import (
     Apply,
     MicroBatchLoss,
+    finite_difference,
     ggn_fd,
     ggn_forward,
     ggn_reverse,
@@ -33,8 +36,14 @@ from hesscli.errors import DifferentiationError, NumericalError
 
 FORWARD = "forward-over-reverse"
 REVERSE = "reverse-over-reverse"
+FINITE = "finite-differences"
 #: User-facing names of ``--hvp-method`` and the route each one forces.
-METHODS = {"auto": None, "forward": FORWARD, "reverse": REVERSE}
+METHODS = {"auto": None, "forward": FORWARD, "reverse": REVERSE, "fd": FINITE}
+#: What the attention report says when the model calls scaled_dot_product_attention.
+MATH_ATTENTION = (
+    "scaled_dot_product_attention runs on its math kernel: the fused kernels (flash, "
+    "memory-efficient) have no forward-mode or double-backward rules"
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,10 @@ class RouteReport:
         symmetry: |uᵀCv − vᵀCu| relative to ‖C‖ for the kept route (see
             :func:`symmetry_defect`).
         check_products: Single-micro-batch products the check spent beyond the requested ones.
+        error: Estimated relative error of the products: 0 for the exact routes, and for
+            finite differences the gap between steps h and 2h on the first micro-batch.
+        attention: How attention is computed, when the model uses
+            ``scaled_dot_product_attention`` (else empty).
     """
 
     route: str
@@ -63,6 +76,8 @@ class RouteReport:
     seconds: dict[str, float] = field(default_factory=dict)
     symmetry: float = 0.0
     check_products: int = 0
+    error: float = 0.0
+    attention: str = ""
 
 
 def build(
@@ -77,36 +92,11 @@ def build(
     if route == FORWARD:
         factory = hessian_forward if kind == "hessian" else ggn_forward
         return factory(mb, chunk_size=chunk_size), 0
+    if route == FINITE:
+        return finite_difference(mb, kind), 0
     with SavedBytes() as saved:  # torch.func refuses saved-tensor hooks: reverse route only
         apply = hessian_reverse(mb) if kind == "hessian" else ggn_reverse(mb)
     return apply, saved.total
-
-
-class SavedBytes(contextlib.AbstractContextManager):
-    """Bytes of the tensors autograd saves while the context is open (distinct storages)."""
-
-    def __init__(self) -> None:
-        self.total = 0
-        self._seen: set[int] = set()
-        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
-
-    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
-        try:
-            storage = tensor.untyped_storage()
-            key = storage.data_ptr()
-            if key not in self._seen:
-                self._seen.add(key)
-                self.total += storage.nbytes()
-        except (RuntimeError, NotImplementedError):  # tensors without storage (functorch)
-            pass
-        return tensor
-
-    def __enter__(self) -> SavedBytes:
-        self._hooks.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._hooks.__exit__(*exc)
 
 
 def agreement_tolerance(dtype: torch.dtype) -> float:
@@ -179,6 +169,8 @@ def _attempt(
         apply, graph_bytes = build(kind, route, mb, chunk_size=chunk)
         product = apply(block)
     except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
+        if is_out_of_memory(exc):  # the operator retries smaller; not a missing rule
+            raise
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return _Attempt(route, error=text[:300])
     return _Attempt(route, apply, product, time.perf_counter() - start, "", graph_bytes)
@@ -219,21 +211,20 @@ def select_route(
             give is not symmetric.
     """
     forced = METHODS[requested]
-    _warm_up()
     count = next(iter(block.values())).shape[0]
     probe = _with_probes(block)
+    attention = MATH_ATTENTION if uses_attention(mb) else ""
+    if forced == FINITE:
+        return _finite_route(kind, requested, mb, probe, count, "as requested", attention)
+    _warm_up()
     attempts = [_attempt(kind, r, mb, probe, chunk_size) for r in (FORWARD, REVERSE)]
     ok = [a for a in attempts if a.error == ""]
     seconds = {a.route: a.seconds for a in ok}
     difference: float | None = None
     referee: dict[str, float] = {}
     if not ok:
-        raise DifferentiationError(
-            "the model cannot be differentiated twice: "
-            + "; ".join(f"{a.route} failed with {a.error!r}" for a in attempts),
-            "replace the operator named in the message (e.g. a fused kernel) by a plain "
-            "PyTorch one",
-        )
+        failures = "; ".join(f"{a.route} failed with {a.error!r}" for a in attempts)
+        return _finite_route(kind, requested, mb, probe, count, failures, attention)
     if len(ok) == 1:
         (chosen,) = ok
         (failed,) = [a for a in attempts if a.error]
@@ -296,8 +287,85 @@ def select_route(
         seconds,
         symmetry,
         probe_columns(count),
+        attention=attention,
     )
     return chosen.apply, product, report, chosen.graph_bytes
+
+
+def _finite_route(
+    kind: str,
+    requested: str,
+    mb: MicroBatchLoss,
+    probe: Params,
+    count: int,
+    why: str,
+    attention: str,
+) -> tuple[Apply, Params, RouteReport, int]:
+    """Central differences of the gradient, with their error estimated from two step sizes.
+
+    Truncation error grows as h² and round-off as 1/h, so the gap between the products at h
+    and 2h is of the size of the error at h (an estimate, reported as such).
+    """
+    apply, _ = build(kind, FINITE, mb, chunk_size=None)
+    try:
+        product = apply(probe)
+        column = _first_column(probe)
+        coarse = (hessian_fd if kind == "hessian" else ggn_fd)(mb, column, scale=2.0)
+    except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
+        if is_out_of_memory(exc):
+            raise
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DifferentiationError(
+            f"the model cannot be differentiated: {why}; finite differences failed with "
+            f"{text[:300]!r}",
+            "replace the operator named in the message (e.g. a fused kernel) by a plain "
+            "PyTorch one",
+        ) from exc
+    error, _ = relative_difference(coarse, _first_column(product))
+    symmetry = symmetry_defect(_probes_only(probe, count), _probes_only(product, count))
+    if symmetry > 10 * max(agreement_tolerance(_dtype(probe)), error):
+        raise NumericalError(
+            f"the finite-difference {kind} is not symmetric (defect {symmetry:.1e}, estimated "
+            f"error {error:.1e}): the loss is not smooth enough at these weights",
+            "use --dtype float64, or make the model differentiable twice",
+        )
+    reason = (
+        "finite differences of the gradient"
+        + ("" if why == "as requested" else f", as the last resort: {why}")
+        + f"; estimated relative error {error:.1e} (steps h and 2h on the first micro-batch)"
+    )
+    report = RouteReport(
+        FINITE,
+        requested,
+        reason,
+        symmetry=symmetry,
+        check_products=2 * _PROBES + 1,
+        error=error,
+        attention=attention,
+    )
+    return apply, {n: t[:count] for n, t in product.items()}, report, 0
+
+
+class _Watch(TorchFunctionMode):
+    """Records whether a forward pass calls ``scaled_dot_product_attention``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = False
+
+    def __torch_function__(
+        self, func: object, types: object, args: tuple = (), kwargs: dict | None = None
+    ) -> object:
+        if func is scaled_dot_product_attention:
+            self.attention = True
+        return func(*args, **(kwargs or {}))  # type: ignore[operator]
+
+
+def uses_attention(mb: MicroBatchLoss) -> bool:
+    """Whether the model's forward pass calls ``scaled_dot_product_attention`` (one forward)."""
+    with torch.no_grad(), _Watch() as watch:
+        mb.loss(mb.variables)
+    return watch.attention
 
 
 def probe_columns(count: int) -> int:

@@ -95,6 +95,16 @@ class Dataset:
         """The first batch."""
         return self.batches[0]
 
+    def subset(self, start: int, stop: int) -> Dataset:
+        """Samples ``start:stop`` in data-set order, across batch boundaries."""
+        kept, offset = [], 0
+        for batch in self.batches:
+            low, high = max(start - offset, 0), min(stop - offset, batch.size)
+            if low < high:
+                kept.append(batch if (low, high) == (0, batch.size) else batch.slice(low, high))
+            offset += batch.size
+        return Dataset(tuple(kept), self.source, self.format, self.available)
+
 
 def _pick(mapping: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
     return next((name for name in names if name in mapping), None)

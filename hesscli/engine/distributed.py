@@ -1,0 +1,159 @@
+"""Data parallelism on torch.distributed: each rank holds a shard, the engine sums across ranks.
+
+Every rank runs the same algorithms with the same seed. The only collective operations are in
+the engine: the sums of products, gradients and diagonals over the ranks' micro-batches, the unit
+counts that normalise them, and agreement on choices made from local data (the differentiation
+route). ``all_reduce`` hands every rank the same bits, so every rank's Lanczos sees the same
+numbers and takes the same decisions; no vector is broadcast. Launch with
+``torchrun --nproc-per-node N -m hesscli ...``: gloo on the CPU, nccl on CUDA.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from hesscli.errors import DistributedError
+from hesscli.loading.data import Dataset
+
+#: Environment variables a launcher (torchrun, or srun/mpirun set up alike) provides.
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+_CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class Group:
+    """This process's place in the run, and the collective operations the engine needs.
+
+    Attributes:
+        rank: This process's rank (0 prints the results).
+        world_size: Number of processes.
+        backend: ``gloo``, ``nccl``, or ``none`` for a single process.
+        device: Where the collectives' tensors live (the CPU for gloo).
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    backend: str = "none"
+    device: torch.device = _CPU
+
+    @property
+    def active(self) -> bool:
+        """Whether there are other processes to reduce with."""
+        return self.backend != "none" and self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that prints and writes files."""
+        return self.rank == 0
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum ``tensor`` over the ranks, in place; every rank gets the same result."""
+        if not self.active:
+            return tensor
+        if tensor.device == self.device:
+            dist.all_reduce(tensor)
+            return tensor
+        moved = tensor.to(self.device)
+        dist.all_reduce(moved)
+        tensor.copy_(moved)
+        return tensor
+
+    def gather(self, value: int) -> list[int]:
+        """One integer from every rank, in rank order (shard sizes, unit counts)."""
+        if not self.active:
+            return [value]
+        mine = torch.tensor([value], dtype=torch.int64, device=self.device)
+        every = [torch.zeros_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(every, mine)
+        return [int(t) for t in every]
+
+    def agree(self, choice: str) -> str:
+        """Rank 0's ``choice``, on every rank."""
+        if not self.active:
+            return choice
+        box = [choice]
+        dist.broadcast_object_list(box, src=0, device=self.device)
+        return str(box[0])
+
+
+SINGLE = Group()
+
+
+def launched() -> bool:
+    """Whether a launcher such as torchrun started this process as one rank of several."""
+    return all(name in os.environ for name in LAUNCHER_VARIABLES)
+
+
+def join(device: torch.device, requested: bool | None) -> tuple[Group, torch.device]:
+    """Join the launcher's process group; return it and this rank's device.
+
+    Args:
+        device: The resolved ``--device``; a bare ``cuda`` becomes ``cuda:LOCAL_RANK``.
+        requested: ``--distributed`` (True), ``--no-distributed`` (False), or ``None``: join
+            when a launcher started this process.
+    """
+    if requested is False or (requested is None and not launched()):
+        return SINGLE, device
+    if not launched():
+        raise DistributedError(
+            "--distributed needs a launcher: the variables "
+            f"{', '.join(LAUNCHER_VARIABLES)} are not set",
+            "start the command with 'torchrun --nproc-per-node N -m hesscli ...'",
+        )
+    if device.type == "cuda":
+        if device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        backend, comm = "nccl", device
+    elif device.type == "cpu":
+        backend, comm = "gloo", torch.device("cpu")
+    else:
+        raise DistributedError(
+            f"distributed runs need the CPU (gloo) or CUDA (nccl), not {device.type}",
+            "pass --device cpu or --device cuda",
+        )
+    if not dist.is_initialized():
+        try:
+            dist.init_process_group(backend)
+        except (RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise DistributedError(
+                f"cannot join the {backend} process group: {first}",
+                "check the launcher's MASTER_ADDR/MASTER_PORT and that every rank started",
+            ) from exc
+        atexit.register(_leave)
+    elif dist.get_backend() != backend:
+        raise DistributedError(
+            f"the process group uses {dist.get_backend()}, but --device {device} needs {backend}",
+            "use the same --device for every command in the process",
+        )
+    return Group(dist.get_rank(), dist.get_world_size(), backend, comm), device
+
+
+def _leave() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def shard(dataset: Dataset, group: Group) -> Dataset:
+    """This rank's contiguous share of the samples: ⌊rN/W⌋ to ⌊(r+1)N/W⌋ (sizes may differ).
+
+    Contiguous shards in rank order put the samples back in their original order, so the
+    engine's weighted sums over ranks are those of one process over all samples.
+    """
+    total = dataset.num_samples
+    if total < group.world_size:
+        raise DistributedError(
+            f"{total} samples cannot be shared by {group.world_size} processes",
+            f"use at most {total} processes, or more data",
+        )
+    start = group.rank * total // group.world_size
+    stop = (group.rank + 1) * total // group.world_size
+    return dataset.subset(start, stop)

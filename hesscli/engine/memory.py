@@ -1,0 +1,243 @@
+"""Memory: a budget that sizes micro-batches and vmap chunks, and what counts as running out.
+
+A product's peak memory grows with the micro-batch b (activations of the forward pass and of
+its derivatives) and with the vmap chunk c (tangents and products, each the size of the
+parameters, and the batched tangent activations). Neither changes the result, so both are
+picked to fit a budget: ``--max-memory``, or by default half the free memory. The model of the
+peak is measured, not guessed: the bytes autograd saves for one sample come from a real
+forward and backward on the first micro-batch. The operator still recovers from an actual
+out-of-memory error by halving c, then b.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from dataclasses import dataclass
+
+import torch
+
+from hesscli.engine.products import MicroBatchLoss
+from hesscli.errors import ConfigError, MemoryLimitError
+
+log = logging.getLogger("hesscli")
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kib": 1 << 10,
+    "kb": 10**3,
+    "m": 1 << 20,
+    "mib": 1 << 20,
+    "mb": 10**6,
+    "g": 1 << 30,
+    "gib": 1 << 30,
+    "gb": 10**9,
+    "t": 1 << 40,
+    "tib": 1 << 40,
+    "tb": 10**12,
+}
+#: Share of the free memory a run plans to use when no budget is given (CPU, CUDA).
+AUTOMATIC_SHARE = {"cpu": 0.5, "cuda": 0.8}
+#: Copies of the parameters alive at once, per product column: the tangent, its
+#: unflattened view, the product, its flat copy, the pass total and the gradient's tangent.
+COPIES_PER_COLUMN = 6
+#: Copies of the parameters alive whatever the columns: weights, gradient, gradient graph.
+FIXED_COPIES = 3
+#: Saved activations per sample, relative to one backward: primal and gradient graph; and
+#: per sample and column: forward and backward tangents.
+ACTIVATIONS_PER_SAMPLE, ACTIVATIONS_PER_SAMPLE_COLUMN = 2, 2
+#: Samples the activation measurement runs (two sizes give bytes per sample).
+_MEASURE_SAMPLES = 8
+
+
+class SavedBytes(contextlib.AbstractContextManager):
+    """Bytes of the tensors autograd saves while the context is open (distinct storages)."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self._seen: set[int] = set()
+        self._hooks = torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def _pack(self, tensor: torch.Tensor) -> torch.Tensor:
+        try:
+            storage = tensor.untyped_storage()
+            key = storage.data_ptr()
+            if key not in self._seen:
+                self._seen.add(key)
+                self.total += storage.nbytes()
+        except (RuntimeError, NotImplementedError):  # tensors without storage (functorch)
+            pass
+        return tensor
+
+    def __enter__(self) -> SavedBytes:
+        self._hooks.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._hooks.__exit__(*exc)
+
+
+def parse_size(text: str) -> int:
+    """Bytes in ``8GiB``, ``8G`` (binary), ``8GB`` (decimal), ``512MB``, ``1.5GiB`` or ``1000``."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
+    unit = match.group(2).lower() if match else ""
+    if match is None or unit not in _UNITS or float(match.group(1)) <= 0:
+        raise ConfigError(
+            f"--max-memory {text!r} is not a memory size",
+            "write it like 8GiB, 8G (binary), 8GB (decimal) or 512MB",
+        )
+    return int(float(match.group(1)) * _UNITS[unit])
+
+
+def format_size(size: int) -> str:
+    """``1.50 GiB``, ``512.0 MiB``: sizes for messages."""
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.3g} {unit}"
+    return f"{size} B"
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is an allocator running out (CUDA, or the CPU allocator)."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc)
+    return "out of memory" in text.lower() or "can't allocate memory" in text
+
+
+def release_cached(device: torch.device) -> None:
+    """Give cached allocator blocks back, so a retry starts from a clean device."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def free_bytes(device: torch.device) -> int:
+    """Free memory of ``device``: the CUDA device's, or the machine's available memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 4 << 30
+
+
+def automatic_budget(device: torch.device) -> int:
+    """A share of the free memory, split between the ranks that share this machine."""
+    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    share = AUTOMATIC_SHARE.get(device.type, 0.5)
+    return int(free_bytes(device) * share / max(1, ranks_here))
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """Micro-batch and vmap chunk sizes chosen for a memory budget, and the model behind them.
+
+    Attributes:
+        budget: Bytes the run may use on its device.
+        source: ``--max-memory`` or ``automatic (...)``.
+        micro_batch: Samples per micro-batch.
+        chunk_size: Product columns per vmap call.
+        estimate: Predicted peak bytes of one product pass at these sizes.
+        parameter_bytes: Bytes of one copy of the differentiated parameters.
+        sample_bytes: Bytes autograd saves per sample in one forward and backward (measured).
+    """
+
+    budget: int
+    source: str
+    micro_batch: int
+    chunk_size: int
+    estimate: int
+    parameter_bytes: int
+    sample_bytes: int
+
+    def describe(self) -> str:
+        """One line for the run's plan."""
+        return (
+            f"micro-batch {self.micro_batch}, {self.chunk_size} columns per vmap call, "
+            f"≈{format_size(self.estimate)} peak of {format_size(self.budget)} ({self.source})"
+        )
+
+
+def peak_estimate(parameter_bytes: int, sample_bytes: int, micro_batch: int, chunk: int) -> int:
+    """Predicted peak bytes of a pass with micro-batch ``micro_batch`` and vmap chunk ``chunk``."""
+    return (
+        (FIXED_COPIES + COPIES_PER_COLUMN * chunk) * parameter_bytes
+        + ACTIVATIONS_PER_SAMPLE * micro_batch * sample_bytes
+        + ACTIVATIONS_PER_SAMPLE_COLUMN * micro_batch * chunk * sample_bytes
+    )
+
+
+def sample_bytes(mb: MicroBatchLoss, samples: int) -> int:
+    """Bytes autograd saves per sample for one forward and backward, from two batch sizes."""
+    sizes = (1, min(_MEASURE_SAMPLES, samples))
+    saved = []
+    for size in dict.fromkeys(sizes):
+        part = MicroBatchLoss(mb.model, mb.loss_fn, mb.batch.slice(0, size), mb.variables, mb.fixed)
+        leaves = {n: t.detach().requires_grad_(True) for n, t in part.variables.items()}
+        with SavedBytes() as counted:
+            loss = part.loss(leaves)
+        torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+        saved.append(counted.total)
+    if len(saved) == 1:
+        return saved[0]
+    return max(0, (saved[1] - saved[0]) // (sizes[1] - sizes[0])) or saved[0]
+
+
+def plan_memory(
+    mb: MicroBatchLoss,
+    *,
+    budget: int,
+    source: str,
+    micro_batch: int,
+    chunk_size: int,
+    fixed_micro_batch: bool,
+    samples: int,
+) -> MemoryPlan:
+    """The largest micro-batch and chunk (at most the ones asked for) whose peak fits.
+
+    Halves the chunk down to 4, then the micro-batch down to 1, then the chunk down to 1.
+
+    Raises:
+        MemoryLimitError: when an explicit budget is below the smallest possible run.
+    """
+    params = sum(t.numel() * t.element_size() for t in mb.variables.values())
+    per_sample = sample_bytes(mb, samples)
+    b, c = (micro_batch if fixed_micro_batch else min(micro_batch, samples)), chunk_size
+
+    def fits(b: int, c: int) -> bool:
+        return peak_estimate(params, per_sample, b, c) <= budget
+
+    while not fits(b, c) and c > 4:
+        c //= 2
+    while not fits(b, c) and b > 1 and not fixed_micro_batch:
+        b = (b + 1) // 2
+    while not fits(b, c) and c > 1:
+        c //= 2
+    estimate = peak_estimate(params, per_sample, b, c)
+    if estimate > budget:
+        least = peak_estimate(params, per_sample, b if fixed_micro_batch else 1, 1)
+        smallest = format_size(least)
+        if source == "--max-memory":
+            raise MemoryLimitError(
+                f"--max-memory {format_size(budget)} is below the {smallest} this run needs "
+                "at its smallest",
+                "raise --max-memory, select fewer layers (--layer)"
+                + ("" if not fixed_micro_batch else ", or drop --micro-batch"),
+            )
+        log.warning(
+            "the run may not fit in memory: it needs about %s at its smallest and %s is free",
+            smallest,
+            format_size(budget),
+        )
+    return MemoryPlan(budget, source, b, c, estimate, params, per_sample)
