@@ -121,6 +121,19 @@ def test_format_is_sniffed_not_taken_from_the_extension(tmp_path):
     assert read_checkpoint(path).format == "safetensors"
 
 
+def test_safetensors_whose_header_length_starts_with_the_pickle_byte(tmp_path):
+    # The first byte of a safetensors file is the low byte of its header length; 0x80 is also
+    # the first byte of a pickle. Grow the metadata until the length's low byte is 0x80.
+    path = tmp_path / "model.safetensors"
+    for pad in range(300):
+        save_file(_trained().state_dict(), str(path), metadata={"pad": "x" * pad})
+        if path.read_bytes()[:1] == b"\x80":
+            break
+    assert path.read_bytes()[:1] == b"\x80"
+    assert sniff_format(path) == "safetensors"
+    assert read_checkpoint(path).format == "safetensors"
+
+
 def test_tied_weights_round_trip_through_safetensors(tmp_path):
     torch.manual_seed(0)
     source = Tied()

@@ -114,12 +114,14 @@ def sniff_format(path: Path) -> str:
         head = handle.read(9)
     if head.startswith(b"PK\x03\x04"):
         return "torch-zip"
-    if head[:1] == b"\x80":
-        return "torch-legacy"
+    # safetensors before the pickle test: its first byte is the low byte of the header
+    # length, which may well be 0x80 (legacy torch files carry a magic number at byte 8).
     if len(head) == 9 and head[8:9] == b"{":
         (header_len,) = struct.unpack("<Q", head[:8])
         if 0 < header_len < path.stat().st_size:
             return "safetensors"
+    if head[:1] == b"\x80":
+        return "torch-legacy"
     return "unknown"
 
 
