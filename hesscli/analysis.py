@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -13,18 +14,21 @@ import torch
 
 from hesscli import __version__
 from hesscli.engine.device import resolve_device, resolve_dtype
+from hesscli.engine.distributed import Group, join, shard, weighting_for
 from hesscli.engine.functional import DEFAULT_MICRO_BATCH, prepare_model
 from hesscli.engine.gradient import loss_and_gradient
+from hesscli.engine.memory import automatic_budget, parse_size
 from hesscli.engine.operator import DEFAULT_CHUNK, CurvatureOperator
 from hesscli.engine.params import Layer, list_layers, select_layers
 from hesscli.engine.routes import METHODS
+from hesscli.engine.weighting import Weighting
 from hesscli.errors import ConfigError, LayerError
 from hesscli.loading.checkpoint import write_safetensors
 from hesscli.loading.config import SETTING_TYPES, ConfigFile, Sourced, metadata_may_name
 from hesscli.loading.data import Dataset, input_tensors
 from hesscli.loading.guard import refuse_to_overwrite
 from hesscli.loading.imports import absolute_path, looks_like_spec, parse_spec
-from hesscli.loading.losses import BUILTIN_LOSSES
+from hesscli.loading.losses import BUILTIN_LOSSES, resolve_normalisation
 from hesscli.loading.model_spec import parse_model_kwargs
 from hesscli.loading.problem import Problem, load_problem, problem_files, resolve_settings
 from hesscli.results import (
@@ -36,6 +40,9 @@ from hesscli.results import (
     InfoResults,
     LayerInfo,
     LossInfo,
+    MemoryUse,
+    Normalisation,
+    Parallelism,
     Report,
     RunInputs,
     RunSettings,
@@ -43,6 +50,7 @@ from hesscli.results import (
 )
 
 CURVATURES = ("hessian", "ggn")
+log = logging.getLogger("hesscli")
 
 
 @dataclass(frozen=True)
@@ -154,12 +162,14 @@ def run_info(request: Request, *, layer_patterns: list[str]) -> Report:
     problem, layers = prepared.problem, prepared.layers
     gradient = loss_and_gradient(
         problem.model,
-        problem.dataset,
+        prepared.shard,
         problem.loss.fn,
         layers=list_layers(problem.model),
         micro_batch=prepared.micro_batch,
         device=prepared.device,
         dtype=prepared.dtype,
+        weighting=prepared.weighting,
+        group=prepared.group,
     )
     results = InfoResults(
         model_class=type(problem.model).__name__,
@@ -184,6 +194,9 @@ def report_for(
 ) -> Report:
     """The envelope of DESIGN.md around a command's results."""
     problem, settings, config = prepared.problem, prepared.settings, prepared.config
+    op = prepared.operators[-1] if prepared.operators else None
+    plan = op.memory if op is not None else None
+    weighting, group = prepared.weighting, prepared.group
     return Report(
         command=command,
         inputs=_inputs(problem, prepared.layers, config),
@@ -192,11 +205,25 @@ def report_for(
             device=str(prepared.device),
             dtype=_dtype_name(prepared.dtype),
             seed=settings["seed"].value,
-            micro_batch=prepared.micro_batch,
+            micro_batch=op.micro_batch if op is not None else prepared.micro_batch,
             max_samples=settings["max_samples"].value,
             train_mode=bool(settings["train_mode"].value),
             sources={k: v.source for k, v in sorted(settings.items()) if v.value is not None},
             options=dict(options or {}),
+            normalisation=Normalisation(
+                weighting.kind,
+                weighting.total,
+                weighting.samples,
+                weighting.describe(),
+                prepared.normalisation_reason,
+            ),
+            chunk_size=op.chunk_size if op is not None else None,
+            memory=None
+            if plan is None
+            else MemoryUse(plan.budget, plan.source, plan.estimate, plan.sample_bytes),
+            distributed=Parallelism(group.world_size, group.backend, prepared.shards)
+            if group.active
+            else None,
         ),
         results=results,
         cost=cost,
@@ -216,7 +243,14 @@ class Prepared:
         layers: The layers selected by ``--layer`` (all by default).
         device: Where products run.
         dtype: Their precision.
-        micro_batch: Samples per micro-batch.
+        micro_batch: Samples per micro-batch (asked for; the memory plan may lower it).
+        group: The distributed process group (one process by default).
+        shard: This rank's samples (all of them in a single process).
+        weighting: What the loss averages over, counted over every rank.
+        normalisation_reason: Why that unit (``auto: ...`` or ``as requested``).
+        shards: Samples per rank.
+        operators: The operators built for this run, latest last (their final micro-batch,
+            memory plan and route go into the report).
     """
 
     problem: Problem
@@ -226,6 +260,12 @@ class Prepared:
     device: torch.device
     dtype: torch.dtype
     micro_batch: int
+    group: Group
+    shard: Dataset
+    weighting: Weighting
+    normalisation_reason: str
+    shards: list[int]
+    operators: list[CurvatureOperator]
 
 
 def prepare(request: Request, *, layer_patterns: list[str] | None = None) -> Prepared:
@@ -241,13 +281,52 @@ def prepare(request: Request, *, layer_patterns: list[str] | None = None) -> Pre
         raise ConfigError(f"unknown --hvp-method {method!r}", "use auto, forward or reverse")
     micro_batch = _positive(settings["micro_batch"], "--micro-batch") or DEFAULT_MICRO_BATCH
     _positive(settings["max_samples"], "--max-samples")
+    if settings["max_memory"].value is not None:
+        _budget(settings["max_memory"])
     device = resolve_device(str(settings["device"].value))
+    group, device = join(device, settings["distributed"].value)
     dtype = resolve_dtype(str(settings["dtype"].value), device)
     problem = load_problem(settings, trust_pickle=request.trust_pickle)
+    kind, why = resolve_normalisation(
+        settings["normalisation"].value, problem.loss, problem.dataset.first.targets
+    )
+    local = shard(problem.dataset, group) if group.active else problem.dataset
+    weighting, shards = weighting_for(local, kind, group)
     layers = select_layers(problem.model, layer_patterns)
     train_mode = bool(settings["train_mode"].value)
     prepare_model(problem.model, device=device, dtype=dtype, train_mode=train_mode)
-    return Prepared(problem, settings, config, layers, device, dtype, micro_batch)
+    if group.active:
+        log.info(
+            "rank %d of %d (%s): samples per rank %s",
+            group.rank,
+            group.world_size,
+            group.backend,
+            " + ".join(map(str, shards)),
+        )
+    return Prepared(
+        problem,
+        settings,
+        config,
+        layers,
+        device,
+        dtype,
+        micro_batch,
+        group,
+        local,
+        weighting,
+        why,
+        shards,
+        [],
+    )
+
+
+def _budget(setting: Sourced) -> int:
+    value = setting.value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value <= 0:
+            raise ConfigError(f"max_memory must be positive, got {value}", "give bytes, or 8GiB")
+        return value
+    return parse_size(str(value))
 
 
 def operator_for(
@@ -267,16 +346,33 @@ def operator_for(
             "select layers whose parameters require gradients",
         )
     settings = prepared.settings
-    return CurvatureOperator(
+    op = CurvatureOperator(
         prepared.problem.model,
-        prepared.problem.dataset,
+        prepared.shard,
         prepared.problem.loss.fn,
         kind=str(settings["curvature"].value).lower(),
         blocks=blocks,
         method=str(settings["hvp_method"].value).lower(),
         micro_batch=prepared.micro_batch,
         chunk_size=chunk_size,
+        group=prepared.group,
+        weighting=prepared.weighting,
     )
+    limit = settings["max_memory"]
+    if limit.value is not None:
+        budget, source = _budget(limit), "--max-memory"
+    else:
+        share = "half" if prepared.device.type == "cpu" else "80 %"
+        budget = automatic_budget(prepared.device)
+        source = f"automatic: {share} of the free memory"
+    largest = max(batch.size for batch in prepared.shard.batches)
+    asked = (min(op.micro_batch, largest), op.chunk_size)
+    fixed = settings["micro_batch"].value is not None
+    plan = op.fit_memory(budget, source, fixed_micro_batch=fixed)
+    level = logging.INFO if (plan.micro_batch, plan.chunk_size) != asked else logging.DEBUG
+    log.log(level, "memory plan: %s", plan.describe())
+    prepared.operators.append(op)
+    return op
 
 
 def curvature_operator(
@@ -328,7 +424,7 @@ def _inputs(problem: Problem, layers: list[Layer], config: ConfigFile | None) ->
         model=problem.model_label,
         data=problem.dataset.source,
         loss=problem.loss.name,
-        samples=problem.dataset.num_samples,
+        samples=problem.dataset.num_samples,  # every rank's, before sharding
         parameters=sum(p.numel() for p in params),
         trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
         layers=[layer.name for layer in layers],

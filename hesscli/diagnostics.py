@@ -64,7 +64,7 @@ def _quiet(_description: str, _done: int, _total: int) -> None:
 def _engine(op: CurvatureOperator) -> Engine:
     if op.route is None:
         return Engine("none", "no parameter-space product was needed (layer-output routes)")
-    return Engine(op.route.route, op.route.reason)
+    return Engine(op.route.route, op.route.reason, op.route.error, op.route.attention)
 
 
 def _cost(op: CurvatureOperator, start: float, output_space: int = 0) -> Cost:

@@ -27,6 +27,51 @@ class RunInputs:
 
 
 @dataclass(frozen=True)
+class Normalisation:
+    """What the loss is a mean over, so that micro-batches and ranks are weighted by it.
+
+    Attributes:
+        kind: ``samples``, or ``tokens`` (targets other than -100).
+        units: Units over the whole data set (every rank).
+        samples: Samples (sequences) over the whole data set.
+        description: The same in words.
+        reason: Why this unit (``auto: ...`` or ``as requested``).
+    """
+
+    kind: str
+    units: int
+    samples: int
+    description: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Parallelism:
+    """How the data was spread over processes (torch.distributed)."""
+
+    world_size: int
+    backend: str
+    samples_per_rank: list[int]
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    """The memory plan the products ran under (rank 0's, with several ranks).
+
+    Attributes:
+        budget: Bytes the run could use.
+        source: ``--max-memory`` or ``automatic: ...``.
+        estimate: Predicted peak bytes of one product pass.
+        sample_bytes: Bytes autograd saves per sample (measured on the first micro-batch).
+    """
+
+    budget: int
+    source: str
+    estimate: int
+    sample_bytes: int
+
+
+@dataclass(frozen=True)
 class RunSettings:
     """How a run computed, and where each setting came from."""
 
@@ -40,6 +85,11 @@ class RunSettings:
     sources: dict[str, str]
     #: The command's own options (top_k, tolerance, products budget, ...).
     options: dict[str, object] = field(default_factory=dict)
+    normalisation: Normalisation | None = None
+    #: Product columns per vmap call (the memory plan's, or after an out-of-memory retry).
+    chunk_size: int | None = None
+    memory: MemoryUse | None = None
+    distributed: Parallelism | None = None
 
 
 @dataclass(frozen=True)
@@ -161,6 +211,10 @@ class Engine:
 
     route: str
     reason: str
+    #: Estimated relative error of the products (0 for the exact routes).
+    error: float = 0.0
+    #: How attention was computed, when the model uses scaled_dot_product_attention.
+    attention: str = ""
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from hesscli.cli.commands.info import info
 from hesscli.cli.commands.report import report
 from hesscli.cli.commands.spectrum import spectrum
 from hesscli.cli.commands.trace import trace
+from hesscli.cli.output import configure_logging, rank_label
 from hesscli.errors import HesscliError
 
 #: Exit codes: 0 success, 1 a ``check`` threshold failed (curvature commands), 2 bad usage/input.
@@ -29,7 +30,7 @@ EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def _fail(message: str, code: int = EXIT_USAGE) -> None:
-    typer.echo(f"hesscli: error: {' '.join(message.split())}", err=True)
+    typer.echo(f"hesscli{rank_label()}: error: {' '.join(message.split())}", err=True)
     sys.exit(code)
 
 
@@ -46,6 +47,7 @@ class HesscliGroup(TyperGroup):
     ) -> Any:
         """Run a command; map user errors to one stderr line and exit code 2."""
         del standalone_mode  # errors are always handled here
+        configure_logging()
         try:
             code = super().main(
                 args=args,

@@ -117,6 +117,37 @@ TrainMode = Annotated[
         rich_help_panel=_COMPUTE,
     ),
 ]
+Distributed = Annotated[
+    bool | None,
+    typer.Option(
+        "--distributed/--no-distributed",
+        help="Shard the data over the processes of a torchrun launch and sum the products "
+        "across them (gloo on the CPU, nccl on CUDA). Default: on when torchrun started "
+        "the command.",
+        show_default=False,
+        rich_help_panel=_COMPUTE,
+    ),
+]
+MaxMemory = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        help="Memory the products may use on the device (8GiB, 8G, 8GB, 500MB): picks the "
+        "micro-batch and vmap chunk sizes. Default: half the free memory on the CPU, 80 %% "
+        "on a GPU. Running out anyway retries with smaller sizes.",
+        rich_help_panel=_COMPUTE,
+    ),
+]
+Normalisation = Annotated[
+    str | None,
+    typer.Option(
+        "--normalisation",
+        help="What the loss is a mean over: samples, tokens (targets other than -100, for "
+        "token-level sequence losses), or auto (default: tokens when the targets hold "
+        "-100 padding or one class label per position).",
+        rich_help_panel=_COMPUTE,
+    ),
+]
 TrustPickle = Annotated[
     bool,
     typer.Option(
@@ -176,7 +207,9 @@ HvpMethod = Annotated[
     typer.Option(
         "--hvp-method",
         help="auto (default: check both routes on the first micro-batch, keep the faster "
-        "correct one), forward (forward-over-reverse) or reverse (double backward).",
+        "correct one; finite differences when neither runs), forward (forward-over-reverse), "
+        "reverse (double backward) or fd (finite differences of the gradient, with their "
+        "error estimated).",
         rich_help_panel=_COMPUTE,
     ),
 ]

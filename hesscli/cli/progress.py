@@ -14,7 +14,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
-from hesscli.cli.output import stderr_console
+from hesscli.cli.output import is_main_rank, stderr_console
 from hesscli.diagnostics import Progress as Callback
 
 
@@ -41,5 +41,12 @@ def progress_bars() -> Iterator[Callback]:
             tasks[description] = bars.add_task(description, total=total or None)
         bars.update(tasks[description], completed=done, total=total or None)
 
+    if not is_main_rank():
+        yield _silent
+        return
     with bars:
         yield update
+
+
+def _silent(_description: str, _done: int, _total: int) -> None:
+    return None

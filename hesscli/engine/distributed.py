@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from hesscli.errors import DistributedError
+from hesscli.engine.weighting import Weighting, local_units
+from hesscli.errors import DataError, DistributedError
 from hesscli.loading.data import Dataset
 
 #: Environment variables a launcher (torchrun, or srun/mpirun set up alike) provides.
@@ -157,3 +158,21 @@ def shard(dataset: Dataset, group: Group) -> Dataset:
     start = group.rank * total // group.world_size
     stop = (group.rank + 1) * total // group.world_size
     return dataset.subset(start, stop)
+
+
+def weighting_for(dataset: Dataset, kind: str, group: Group) -> tuple[Weighting, list[int]]:
+    """The units of the loss over every rank, and each rank's sample count.
+
+    Raises:
+        DataError: when a rank holds no unit at all (only padding), whose mean is undefined.
+    """
+    units, samples = local_units(dataset, kind)
+    every_unit, every_sample = group.gather(units), group.gather(samples)
+    empty = [rank for rank, count in enumerate(every_unit) if count == 0]
+    if empty:
+        where = "the data" if not group.active else f"the shard of rank {empty[0]}"
+        raise DataError(
+            f"{where} holds no real tokens (every target is padding)",
+            "use fewer processes, or data with real targets",
+        )
+    return Weighting(kind, sum(every_unit), sum(every_sample)), every_sample

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hesscli.engine.distributed import SINGLE, Group
 from hesscli.engine.functional import (
     batch_loss,
     micro_batches,
@@ -16,6 +17,7 @@ from hesscli.engine.functional import (
     trainable_parameters,
 )
 from hesscli.engine.params import Layer
+from hesscli.engine.weighting import Weighting
 from hesscli.errors import NumericalError
 from hesscli.loading.data import Dataset
 
@@ -48,8 +50,13 @@ def loss_and_gradient(
     micro_batch: int | None,
     device: torch.device,
     dtype: torch.dtype,
+    weighting: Weighting | None = None,
+    group: Group = SINGLE,
 ) -> LossGradient:
-    """One forward/backward pass over ``dataset``, micro-batches weighted by bⱼ/N.
+    """One forward/backward pass over ``dataset``, micro-batches weighted by uⱼ/U.
+
+    ``weighting`` and ``group`` are the operator's (see :class:`CurvatureOperator`): with
+    several ranks, ``dataset`` is this rank's shard and the sums run over every rank.
 
     Raises:
         NumericalError: when the loss or a gradient is NaN/Inf, naming the micro-batch or the
@@ -61,7 +68,7 @@ def loss_and_gradient(
     total = torch.zeros((), device=device, dtype=dtype)
     grads = {k: torch.zeros_like(v) for k, v in params.items()}
     count = 0
-    for first, part, weight in micro_batches(dataset, micro_batch):
+    for first, part, weight in micro_batches(dataset, micro_batch, weighting):
         count += 1
         value = loss_of(params, to_device(part, device=device, dtype=dtype))
         if not torch.isfinite(value):
@@ -74,6 +81,9 @@ def loss_and_gradient(
             if piece is not None:
                 grad.add_(piece)
         total += value.detach() * weight
+    group.sum_(total)
+    for grad in grads.values():
+        group.sum_(grad)
     bad = [name for name, grad in grads.items() if not torch.isfinite(grad).all()]
     if bad:
         raise NumericalError(

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from hesscli.loading.data import Batch, Dataset
+from hesscli.loading.losses import IGNORE_INDEX
 
 SAMPLES = "samples"
 TOKENS = "tokens"
 KINDS = (SAMPLES, TOKENS)
-#: Targets equal to this are padding (``F.cross_entropy``'s and ``F.nll_loss``'s default).
-IGNORE_INDEX = -100
 
 
 def units(batch: Batch, kind: str) -> int:
@@ -61,8 +58,3 @@ class Weighting:
 def local_units(dataset: Dataset, kind: str) -> tuple[int, int]:
     """``(units, samples)`` of this process's data set."""
     return sum(units(b, kind) for b in dataset.batches), dataset.num_samples
-
-
-def has_padding(targets: torch.Tensor) -> bool:
-    """Whether integer targets mark ignored positions with :data:`IGNORE_INDEX`."""
-    return not targets.is_floating_point() and bool((targets == IGNORE_INDEX).any())

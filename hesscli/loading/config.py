@@ -38,6 +38,9 @@ SETTING_TYPES: dict[str, type | tuple[type, ...]] = {
     "curvature": str,
     "hvp_method": str,
     "train_mode": bool,
+    "distributed": bool,
+    "max_memory": (str, int),
+    "normalisation": str,
 }
 #: Settings whose value may name code; metadata may only name ``.py`` files in its folder.
 CODE_SETTINGS = ("model", "data", "loss")

@@ -18,6 +18,9 @@ from hesscli.errors import LossError
 from hesscli.loading.imports import looks_like_spec, parse_spec, resolve_object
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: Targets equal to this are padding: ``F.cross_entropy`` and ``F.nll_loss`` ignore them.
+IGNORE_INDEX = -100
+NORMALISATIONS = ("auto", "samples", "tokens")
 
 
 def _mse(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -176,7 +179,13 @@ def _check_classification(name: str, outputs: torch.Tensor, targets: torch.Tenso
 
 
 def _check_label_range(name: str, targets: torch.Tensor, classes: int) -> None:
-    low, high = int(targets.min()), int(targets.max())
+    labels = targets[targets != IGNORE_INDEX]  # padding, which the loss ignores
+    if labels.numel() == 0:
+        raise LossError(
+            f"loss {name}: every target is {IGNORE_INDEX} (padding): nothing to average",
+            "give at least one real target",
+        )
+    low, high = int(labels.min()), int(labels.max())
     if low < 0 or high >= classes:
         raise LossError(
             f"loss {name}: targets hold class labels in [{low}, {high}] but the model outputs "
@@ -200,6 +209,40 @@ def _check_custom(loss: Loss, outputs: torch.Tensor, targets: torch.Tensor) -> N
             f"loss {loss.name} returned {shape}, not a scalar",
             "return the mean loss over the batch as a 0-d tensor",
         )
+
+
+def resolve_normalisation(requested: str, loss: Loss, targets: torch.Tensor) -> tuple[str, str]:
+    """What the loss averages over: ``samples``, or ``tokens`` (targets other than -100).
+
+    ``auto`` picks tokens for integer targets with padding (-100), and for the built-in
+    cross-entropy and NLL with one label per position (``(N, T)`` targets), whose mean is over
+    positions: both average over tokens, so micro-batches must be weighted by their tokens.
+
+    Returns:
+        The kind and why it was chosen.
+    """
+    key = str(requested).strip().lower()
+    if key not in NORMALISATIONS:
+        raise LossError(
+            f"unknown --normalisation {requested!r}", f"use {', '.join(NORMALISATIONS)}"
+        )
+    labels = not (
+        targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool
+    )
+    if key == "tokens" and not labels:
+        raise LossError(
+            f"--normalisation tokens counts integer targets other than {IGNORE_INDEX}, but the "
+            f"targets are {_dtype(targets)}",
+            "use --normalisation samples (or auto)",
+        )
+    if key != "auto":
+        return key, "as requested"
+    padded = labels and bool((targets == IGNORE_INDEX).any())
+    positions = labels and loss.name in {"cross_entropy", "nll"} and targets.ndim > 1
+    if padded or positions:
+        why = f"targets hold padding ({IGNORE_INDEX})" if padded else "one label per position"
+        return "tokens", f"auto: {why}"
+    return "samples", "auto"
 
 
 def check_class_range(loss: Loss, targets: torch.Tensor, classes: int) -> None:

@@ -51,6 +51,9 @@ DEFAULTS: dict[str, Any] = {
     "curvature": "hessian",
     "hvp_method": "auto",
     "train_mode": False,
+    "distributed": None,
+    "max_memory": None,
+    "normalisation": "auto",
 }
 #: Samples run through the model to check that data, model and loss fit together.
 _PROBE_SAMPLES = 8

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from hesscli.cli.output import stderr_console
+from hesscli.cli.output import is_main_rank, stderr_console
 from hesscli.cli.render.overview_tables import plan_line
 from hesscli.cli.render.plots import PlotUnavailable, supported_formats
 from hesscli.errors import ConfigError
@@ -73,7 +73,7 @@ def write_plot(draw: Callable[[Report, Path], None], report: Report, plot: Path 
     The result is already on stdout, so without matplotlib the run still succeeds: one note on
     stderr says how to get plots.
     """
-    if plot is None:
+    if plot is None or not is_main_rank():
         return
     try:
         draw(report, plot.expanduser())

@@ -10,11 +10,11 @@ from rich.table import Table
 from rich.text import Text
 
 from hesscli.results import (
-    Cost,
     DiagonalResults,
     Eigenvalue,
     Engine,
     Report,
+    RunSettings,
     Spectrum,
     SpectrumResults,
     TraceResults,
@@ -44,7 +44,22 @@ def _title(report: Report, what: str) -> str:
     )
 
 
-def _footer(cost: Cost, engine: Engine, extra: str = "") -> Text:
+def run_lines(settings: RunSettings) -> list[str]:
+    """How the run computed: the loss's normalisation, the processes, the memory plan."""
+    lines = []
+    if settings.normalisation is not None:
+        lines.append(f"loss: {settings.normalisation.description}")
+    if settings.distributed is not None:
+        shards = " + ".join(f"{n:,}" for n in settings.distributed.samples_per_rank)
+        lines.append(
+            f"processes: {settings.distributed.world_size} ({settings.distributed.backend}), "
+            f"samples per rank {shards}"
+        )
+    return lines
+
+
+def _footer(report: Report, engine: Engine, extra: str = "") -> Text:
+    cost = report.cost
     lines = [
         f"cost: {cost.seconds:.2f} s, {cost.hvps:,} curvature-vector products over all samples "
         f"in {cost.data_passes:,} data passes (+{cost.check_hvps} route-check products"
@@ -55,6 +70,8 @@ def _footer(cost: Cost, engine: Engine, extra: str = "") -> Text:
         )
         + ")",
         f"route: {engine.route} — {engine.reason}",
+        *([f"attention: {engine.attention}"] if engine.attention else []),
+        *run_lines(report.settings),
     ]
     if extra:
         lines.insert(0, extra)
@@ -107,7 +124,7 @@ def spectrum_renderable(report: Report) -> RenderableType:
         f"residual = ‖Cy − λy‖ recomputed from products; converged: residual ≤ "
         f"{results.tolerance:.0e} × ‖C‖"
     )
-    return Group(table, _footer(report.cost, results.engine, note))
+    return Group(table, _footer(report, results.engine, note))
 
 
 def trace_renderable(report: Report) -> RenderableType:
@@ -136,7 +153,7 @@ def trace_renderable(report: Report) -> RenderableType:
             f"probes); stopped on {results.stopped} (target relative error {target}, budget "
             f"{results.budget if results.budget is not None else '-'})"
         )
-    return Group(table, _footer(report.cost, results.engine, how))
+    return Group(table, _footer(report, results.engine, how))
 
 
 def diag_renderable(report: Report) -> RenderableType:
@@ -166,4 +183,4 @@ def diag_renderable(report: Report) -> RenderableType:
         )
     methods = "\n".join(f"{name}: {s.method}" for name, s in results.layers.items())
     note = "neg = fraction of negative entries; p01/p99 and the largest entries are in --json\n"
-    return Group(table, _footer(report.cost, results.engine, note + "methods:\n" + methods))
+    return Group(table, _footer(report, results.engine, note + "methods:\n" + methods))

@@ -96,6 +96,11 @@ def _data(report: Report) -> Table:
         ("targets", f"{_shape(targets.shape)} {targets.dtype}"),
         ("outputs", _shape(data.output_shape)),
         ("loss", f"{results.loss.name} ({results.loss.how})"),
+        *(
+            [("normalised", f"{norm.description} ({norm.reason})")]
+            if (norm := report.settings.normalisation) is not None
+            else []
+        ),
     ]
     return _keyvalue("Data and loss", rows)
 

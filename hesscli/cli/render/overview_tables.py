@@ -264,7 +264,7 @@ def density_renderable(report: Report) -> RenderableType:
         f"{SCALE}\nRitz values: extreme nodes of the first probe, residuals ‖Cy − λy‖ "
         "recomputed from products; grid, density and nodes in --json"
     )
-    parts.append(_footer(report.cost, results.engine, note))
+    parts.append(_footer(report, results.engine, note))
     return Group(*parts)
 
 
@@ -351,7 +351,7 @@ def report_renderable(report: Report) -> RenderableType:
         density_block(results.density, "eigenvalue density"),
         Text(""),
         _flag_lines(results.flags),
-        _footer(report.cost, results.engine, note),
+        _footer(report, results.engine, note),
     )
 
 
@@ -391,7 +391,7 @@ def check_renderable(report: Report) -> RenderableType:
             "" if results.tolerance is None else f" (tolerance {_percent(results.tolerance)})"
         )
         baseline = Text(f"baseline: {results.baseline}{tolerance}")
-    footer = _footer(report.cost, results.engine, CHECK_LEGEND)
+    footer = _footer(report, results.engine, CHECK_LEGEND)
     return Group(
         _heading(report, "Check"), table, verdict, baseline, _flag_lines(results.flags), footer
     )
@@ -432,5 +432,5 @@ def compare_renderable(report: Report) -> RenderableType:
     return Group(
         _heading(report, "Comparison"),
         table,
-        _footer(report.cost, results.engine, note),
+        _footer(report, results.engine, note),
     )
