@@ -116,7 +116,7 @@ def exact_diagonal(
     before = op.counters.products
     for index, block in enumerate(wanted):
         try:
-            values, method, count = _fast(op, block, modules.get(block.name), seed)
+            values, method, count = _agreed(op, block, modules.get(block.name), seed)
             result.output_products += count
         except Unsupported as why:
             if unit_columns_limit is not None and block.size > unit_columns_limit:
@@ -191,6 +191,25 @@ def _capture(mb: LayerOutputLoss) -> tuple[torch.Tensor, torch.Tensor]:
     if z.ndim < 2 or z.shape[0] != mb.batch.size:
         raise Unsupported("the layer's output has no leading sample axis")
     return a, z
+
+
+def _agreed(
+    op: CurvatureOperator, block: Block, module: nn.Module | None, seed: int
+) -> tuple[torch.Tensor, str, int]:
+    """The fast route where every rank can take it (its checks run on local data), summed.
+
+    With several ranks, one rank's failed check sends every rank to unit columns, so that
+    all of them take part in the same collective products.
+    """
+    try:
+        values, method, count = _fast(op, block, module, seed)
+        why = ""
+    except Unsupported as exc:
+        values, method, count, why = torch.empty(0), "", 0, str(exc)
+    if not op.group.everywhere(not why):
+        raise Unsupported(why or "the fast route failed its check on another rank")
+    op.group.sum_(values)
+    return values, method, count
 
 
 def _fast(

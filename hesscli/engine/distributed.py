@@ -75,6 +75,14 @@ class Group:
         dist.all_gather(every, mine)
         return [int(t) for t in every]
 
+    def everywhere(self, flag: bool) -> bool:
+        """Whether ``flag`` holds on every rank (a choice made from local data, agreed)."""
+        if not self.active:
+            return flag
+        box = torch.tensor([int(flag)], dtype=torch.int64, device=self.device)
+        dist.all_reduce(box, op=dist.ReduceOp.MIN)
+        return bool(box.item())
+
     def agree(self, choice: str) -> str:
         """Rank 0's ``choice``, on every rank."""
         if not self.active:
