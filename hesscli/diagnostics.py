@@ -227,7 +227,7 @@ def run_trace(
     else:
         if products is not None and sketch is None and method != "hutchinson":
             sketch = min(16, max(0, (products - 8) // 3))
-        traces = estimate_trace(
+        traces = _estimate_trace(
             op.matmat,
             op.size,
             products=products,
@@ -259,6 +259,14 @@ def run_trace(
 
 
 # -- diag -----------------------------------------------------------------------------------
+def _estimate_trace(*args: object, **kwargs: object) -> TraceEstimate:
+    """:func:`estimate_trace`, its refusals of a budget turned into usage errors."""
+    try:
+        return estimate_trace(*args, **kwargs)  # type: ignore[arg-type]
+    except ValueError as exc:
+        raise ConfigError(str(exc), "raise --products (or pass --target)") from exc
+
+
 def _locate(op: CurvatureOperator, block: Block, flat: int) -> tuple[str, list[int]]:
     row = block.start + flat
     for slot in op.layout.slots:

@@ -760,3 +760,12 @@ def test_output_into_a_directory_is_refused(cli, samples, tmp_path, monkeypatch)
     assert result.exit_code == 2, result.output
     assert "is a directory" in result.stderr
     assert tree_digest(samples) == before
+
+
+def test_too_small_a_trace_budget_is_a_usage_error(cli, samples, monkeypatch):
+    monkeypatch.chdir(samples / "digits_mlp")
+    result = cli("trace", "model.safetensors", "--method", "hutchinson", "--products", "4")
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "a budget of 4 products leaves fewer than" in lines[0]
+    assert "raise --products" in lines[0]
