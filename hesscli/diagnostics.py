@@ -8,6 +8,7 @@ in the result objects of :mod:`hesscli.results`. Progress reaches the caller thr
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -42,9 +43,12 @@ from hesscli.results import (
     TraceResults,
 )
 
+log = logging.getLogger("hesscli")
 Progress = Callable[[str, int, int], None]
 #: Default relative residual tolerance of eigenvalues, by dtype (≈ what its products allow).
 TOLERANCE = {torch.float64: 1e-7, torch.float32: 1e-4}
+#: A loop predicted to take longer than this many seconds announces its plan.
+LONG_RUN_SECONDS = 10.0
 #: Lanczos steps at most, unless ``--max-steps`` says otherwise.
 MAX_STEPS = 300
 #: Keep Lanczos products (exact residuals for free) while they fit in this many bytes.
@@ -59,6 +63,36 @@ DIAG_MODES = ("auto", "exact", "estimate")
 
 def _quiet(_description: str, _done: int, _total: int) -> None:
     return None
+
+
+def planned(
+    op: CurvatureOperator, progress: Progress, description: str, passes: int, columns: int
+) -> Callable[[int, int], None]:
+    """A step callback that announces the plan of a long loop once its second pass is timed.
+
+    The first pass also checks the differentiation route, so the second one gives the time
+    per pass; a loop predicted to run longer than :data:`LONG_RUN_SECONDS` says so on stderr
+    (logger ``hesscli``) before it goes on.
+    """
+    seen: list[float] = []
+
+    def step(done: int, total: int) -> None:
+        seen.append(op.counters.seconds)
+        if len(seen) == 2:
+            per_pass = seen[1] - seen[0]
+            if (passes - 2) * per_pass > LONG_RUN_SECONDS:
+                log.info(
+                    "plan: %s, at most %d data passes (%d products), ≈%.0f s more at %.2f s "
+                    "per pass",
+                    description,
+                    passes,
+                    passes * columns,
+                    (passes - 2) * per_pass,
+                    per_pass,
+                )
+        progress(description, done, total)
+
+    return step
 
 
 def _engine(op: CurvatureOperator) -> Engine:
@@ -140,19 +174,20 @@ def run_spectrum(
         op.size,
         max_steps=limit,
         generator=_generator(seed),
-        on_step=lambda done, total: progress("Lanczos (all selected layers)", done, total),
+        on_step=planned(op, progress, "Lanczos (all selected layers)", limit, 1),
         **common,
     )
     layers: dict[str, Spectrum] = {}
     if per_layer:
         blocks = list(op.blocks)
+        steps = min(max(b.size for b in blocks), max_steps or MAX_STEPS)
         parts = extreme_eigenvalues(
             op.block_matmat,
             op.size,
-            max_steps=min(max(b.size for b in blocks), max_steps or MAX_STEPS),
+            max_steps=steps,
             blocks=[(b.start, b.stop) for b in blocks],
             generator=_generator(seed),
-            on_step=lambda done, total: progress("Lanczos (every layer at once)", done, total),
+            on_step=planned(op, progress, "Lanczos (every layer at once)", steps, len(blocks)),
             **common,
         )
         layers = {b.name: _spectrum(part, b.size) for b, part in zip(blocks, parts, strict=True)}
