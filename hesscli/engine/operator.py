@@ -350,8 +350,16 @@ class CurvatureOperator:
         graphs only in what the plan leaves free.
         """
         first = next(iter(micro_batches(self.dataset, self._largest_batch(), self.weighting)))
-        plan = plan_memory(
-            self._micro_batch_loss(first[1]),
+        with math_attention():  # the kernel the products will use saves what it saves
+            plan = self._plan(first[1], budget, source, fixed_micro_batch)
+        self.micro_batch, self.chunk_size = plan.micro_batch, plan.chunk_size
+        self.cache_bytes = min(self.cache_bytes, max(0, budget - plan.estimate))
+        self.memory = plan
+        return plan
+
+    def _plan(self, part: object, budget: int, source: str, fixed_micro_batch: bool) -> MemoryPlan:
+        return plan_memory(
+            self._micro_batch_loss(part),
             budget=budget,
             source=source,
             micro_batch=self.micro_batch,
@@ -359,10 +367,6 @@ class CurvatureOperator:
             fixed_micro_batch=fixed_micro_batch,
             samples=self._largest_batch(),
         )
-        self.micro_batch, self.chunk_size = plan.micro_batch, plan.chunk_size
-        self.cache_bytes = min(self.cache_bytes, max(0, budget - plan.estimate))
-        self.memory = plan
-        return plan
 
     def _product(self, index: int, part: object, block: Params, batches: int) -> Params:
         cached = self._cache.get(index)
