@@ -306,11 +306,10 @@ def test_plan_fits_the_budget_and_is_as_large_as_fits(planned):
         assert plan.estimate == peak_estimate(params, per_sample, b, c) <= budget, where
         # As large as fits: doubling the chunk would not fit (or it is the one asked) ...
         assert c == 16 or peak_estimate(params, per_sample, b, 2 * c) > budget, where
-        # ... nor would doubling the micro-batch, while at least 4 columns fit. (Below that the
-        # plan drops to one sample before it drops below 4 columns, even where more samples
-        # would fit at fewer columns: a known shortcoming, deliberately not asserted here.)
-        if budget >= four_columns:
-            assert b == 64 or peak_estimate(params, per_sample, 2 * b, c) > budget, where
+        # ... nor would doubling the micro-batch (also below 4 columns, where a smaller chunk
+        # leaves room for more samples).
+        assert b == 64 or peak_estimate(params, per_sample, 2 * b, c) > budget, where
+        assert budget >= four_columns or c < 4, where
         regimes.add((b == 64, c == 16))
     # The sweep reached all three: everything as asked, a smaller chunk, a smaller micro-batch.
     assert regimes == {(True, True), (True, False), (False, False)}
@@ -341,6 +340,13 @@ def test_plan_keeps_a_fixed_micro_batch(planned):
     assert plan.estimate <= budget
     with pytest.raises(MemoryLimitError, match=r"drop --micro-batch"):
         _plan(planned, peak_estimate(params, per_sample, 32, 1) - 1, micro_batch=32, fixed=True)
+
+
+def test_a_fixed_micro_batch_larger_than_the_data_is_planned_at_the_data(planned):
+    small = _plan(planned, 2**40)
+    budget = peak_estimate(small.parameter_bytes, small.sample_bytes, 64, 1)
+    plan = _plan(planned, budget, micro_batch=4096, fixed=True)  # 64 samples exist
+    assert (plan.micro_batch, plan.chunk_size) == (64, 1)
 
 
 # -- running out anyway: the retry -------------------------------------------------------------
@@ -529,3 +535,55 @@ def test_max_memory_shrinks_the_micro_batch_not_the_results(cli, samples, monkey
         assert abs(got - layer["value"]) <= 1e-10 * abs(layer["value"]), (name, got, layer)
     total = expected["trace"]["value"]
     assert abs(actual["trace"]["value"] - total) <= 1e-10 * abs(total)
+
+
+class _Gradient(torch.autograd.Function):
+    """Identity whose backward runs out whenever a graph is recorded (create_graph or not)."""
+
+    @staticmethod
+    def forward(x):
+        return x.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise torch.OutOfMemoryError("CUDA out of memory (simulated). Tried to allocate 9 GiB")
+
+
+_NO_BACKWARD_MODEL = """
+import torch
+from torch import nn
+from tests.test_memory import _Gradient
+
+
+class Starved(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x):
+        return _Gradient.apply(self.fc(x))
+"""
+
+
+@pytest.mark.parametrize("command", [["info"], ["trace", "--method", "exact"]])
+def test_out_of_memory_outside_the_products_is_one_error_line(cli, tmp_path, monkeypatch, command):
+    # Even one backward runs out: the memory measurement, the gradient of `info` and the exact
+    # diagonal each fail cleanly rather than with a traceback.
+    (tmp_path / "model.py").write_text(_NO_BACKWARD_MODEL, encoding="utf-8")
+    (tmp_path / "hesscli.toml").write_text(
+        'model = "model.py:Starved"\ndata = "data.pt"\nloss = "mse"\n', encoding="utf-8"
+    )
+    state = {f"fc.{name}": value for name, value in nn.Linear(3, 2).state_dict().items()}
+    torch.save(state, tmp_path / "model.pt")
+    torch.save({"inputs": torch.randn(6, 3), "targets": torch.randn(6, 2)}, tmp_path / "data.pt")
+    monkeypatch.chdir(tmp_path)
+    result = cli(*command, "model.pt")
+    context = f"exit {result.exit_code}\nstderr:\n{result.stderr}"
+    assert result.exit_code == 2, context
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("hesscli: error:"), context
+    assert "out of memory" in lines[0], context

@@ -23,6 +23,7 @@ from hesscli.cli.commands.report import report
 from hesscli.cli.commands.spectrum import spectrum
 from hesscli.cli.commands.trace import trace
 from hesscli.cli.output import configure_logging, rank_label
+from hesscli.engine.memory import is_out_of_memory
 from hesscli.errors import HesscliError
 
 #: Exit codes: 0 success, 1 a ``check`` threshold failed (curvature commands), 2 bad usage/input.
@@ -64,6 +65,14 @@ class HesscliGroup(TyperGroup):
             _fail("aborted", 130)
         except HesscliError as exc:
             _fail(exc.one_line(), exc.exit_code)
+        except (RuntimeError, MemoryError) as exc:  # outside the products, which retry smaller
+            if not is_out_of_memory(exc):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            _fail(
+                f"out of memory ({first[:200]}); lower --max-memory or --micro-batch, select "
+                "fewer layers (--layer), or run on more processes (torchrun)"
+            )
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 

@@ -34,6 +34,7 @@ from torch.func import grad, jvp, vjp, vmap
 
 from hesscli.engine.functional import Params, call_model, math_attention
 from hesscli.engine.layout import Block
+from hesscli.engine.memory import is_out_of_memory
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.engine.products import MicroBatchLoss
 from hesscli.engine.routes import (
@@ -270,6 +271,8 @@ def _check(
         apply, _ = build(op.kind, REVERSE, checked, chunk_size=op.chunk_size)
         true = apply({DELTA: u[None]})[DELTA][0]
     except RuntimeError as exc:  # no double backward through the downstream network
+        if is_out_of_memory(exc):
+            raise
         raise Unsupported(f"no double-backward check product ({exc})") from exc
     op.counters.check_products += 1
     gap, _ = relative_difference({DELTA: factored(u)}, {DELTA: true})
@@ -286,7 +289,9 @@ def _output_hessians(mb: LayerOutputLoss, outputs: torch.Tensor) -> torch.Tensor
     gradient = grad(mb.output_loss)
     try:
         columns = vmap(lambda e: jvp(gradient, (outputs,), (e,))[1])(tangents)
-    except RuntimeError:  # a loss without forward-mode rules: double backward
+    except RuntimeError as exc:  # a loss without forward-mode rules: double backward
+        if is_out_of_memory(exc):
+            raise
         leaf = outputs.detach().requires_grad_(True)
         g = torch.autograd.grad(mb.output_loss(leaf), leaf, create_graph=True)[0]
         columns = torch.stack(
@@ -361,7 +366,9 @@ def _output_space(
         tangents[torch.arange(len(index)), :, index // d, index % d] = 1
         try:
             image = apply({DELTA: tangents.reshape(len(index), *z.shape)})[DELTA]
-        except RuntimeError:  # no forward-mode rule downstream: double backward
+        except RuntimeError as exc:  # no forward-mode rule downstream: double backward
+            if is_out_of_memory(exc):
+                raise
             apply, _ = build(op.kind, REVERSE, layer, chunk_size=op.chunk_size)
             image = apply({DELTA: tangents.reshape(len(index), *z.shape)})[DELTA]
         image = image.reshape(len(index), b, positions, d).double()

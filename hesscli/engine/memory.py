@@ -85,7 +85,7 @@ def parse_size(text: str) -> int:
     """Bytes in ``8GiB``, ``8G`` (binary), ``8GB`` (decimal), ``512MB``, ``1.5GiB`` or ``1000``."""
     match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text)
     unit = match.group(2).lower() if match else ""
-    if match is None or unit not in _UNITS or float(match.group(1)) <= 0:
+    if match is None or unit not in _UNITS or float(match.group(1)) * _UNITS[unit] < 1:
         raise ConfigError(
             f"--max-memory {text!r} is not a memory size",
             "write it like 8GiB, 8G (binary), 8GB (decimal) or 512MB",
@@ -94,10 +94,11 @@ def parse_size(text: str) -> int:
 
 
 def format_size(size: int) -> str:
-    """``1.50 GiB``, ``512.0 MiB``: sizes for messages."""
+    """``1.5 GiB``, ``512 MiB``, ``1500 GiB``: sizes for messages (``parse_size`` reads them)."""
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if size >= scale:
-            return f"{size / scale:.3g} {unit}"
+            value = size / scale
+            return f"{value:.3g} {unit}" if value < 1000 else f"{value:.0f} {unit}"
     return f"{size} B"
 
 
@@ -212,8 +213,22 @@ def plan_memory(
         MemoryLimitError: when an explicit budget is below the smallest possible run.
     """
     params = sum(t.numel() * t.element_size() for t in mb.variables.values())
-    per_sample = sample_bytes(mb, samples)
-    b, c = (micro_batch if fixed_micro_batch else min(micro_batch, samples)), chunk_size
+    try:
+        per_sample = sample_bytes(mb, samples)
+    except (RuntimeError, MemoryError) as exc:
+        if not is_out_of_memory(exc):
+            raise
+        try:  # one sample may still fit
+            per_sample = sample_bytes(mb, 1)
+        except (RuntimeError, MemoryError) as again:
+            if not is_out_of_memory(again):
+                raise
+            raise MemoryLimitError(
+                "out of memory in one forward and backward of a single sample",
+                "use --dtype float32, fewer layers (--layer), or a device with more memory",
+            ) from again
+    asked = min(micro_batch, samples)  # a micro-batch never exceeds the largest batch
+    b, c = asked, chunk_size
 
     def fits(b: int, c: int) -> bool:
         return peak_estimate(params, per_sample, b, c) <= budget
@@ -224,6 +239,8 @@ def plan_memory(
         b = (b + 1) // 2
     while not fits(b, c) and c > 1:
         c //= 2
+    while b < asked and not fixed_micro_batch and fits(min(2 * b, asked), c):
+        b = min(2 * b, asked)  # a smaller chunk may leave room for more samples
     estimate = peak_estimate(params, per_sample, b, c)
     if estimate > budget:
         least = peak_estimate(params, per_sample, b if fixed_micro_batch else 1, 1)

@@ -44,7 +44,7 @@ from hesscli.engine.layout import Block, Layout
 from hesscli.engine.memory import MemoryPlan, is_out_of_memory, plan_memory, release_cached
 from hesscli.engine.params import list_layers
 from hesscli.engine.products import Apply, LossFn, MicroBatchLoss
-from hesscli.engine.routes import METHODS, REVERSE, RouteReport, build, select_route
+from hesscli.engine.routes import FORWARD, METHODS, REVERSE, RouteReport, build, select_route
 from hesscli.engine.weighting import Weighting
 from hesscli.errors import ConfigError, DifferentiationError, MemoryLimitError, NumericalError
 from hesscli.loading.data import Dataset
@@ -324,7 +324,8 @@ class CurvatureOperator:
         self.release()
         release_cached(self.device)
         chunk = self.chunk_size or DEFAULT_CHUNK
-        forward = self.route is None or self.route.route != REVERSE
+        route = self.route.route if self.route is not None else METHODS[self.method]
+        forward = route in (None, FORWARD)  # None: not chosen yet, forward is tried first
         if forward and chunk > 1:
             self.chunk_size = chunk // 2
             change = f"{self.chunk_size} columns per vmap call"
