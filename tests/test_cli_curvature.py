@@ -228,10 +228,12 @@ def _check_spectrum(
 
 
 def _strip_timings(document: dict) -> dict:
-    """The document without wall-clock time and the timing-based route explanation."""
+    """The document without wall-clock time, the timing-based route explanation and the
+    automatic memory budget (a share of the memory free at that moment)."""
     document = copy.deepcopy(document)
     del document["cost"]["seconds"]
     document["results"].pop("engine", None)
+    del document["settings"]["memory"]["budget"]
     return document
 
 
