@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -47,13 +46,7 @@ SAMPLES = 13
 OOM_TEXT = "CUDA out of memory (simulated). Tried to allocate 2.00 GiB"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """One intra-op thread: the models are tiny and the runner has two shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture
@@ -538,7 +531,7 @@ def test_max_memory_shrinks_the_micro_batch_not_the_results(cli, samples, monkey
 
 
 class _Gradient(torch.autograd.Function):
-    """Identity whose backward runs out whenever a graph is recorded (create_graph or not)."""
+    """Identity whose backward always runs out, even for a plain gradient."""
 
     @staticmethod
     def forward(x):
