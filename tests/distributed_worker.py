@@ -12,6 +12,7 @@ import torch
 
 from hesscli.analysis import Request, operator_for, prepare
 from hesscli.engine.diagonal import exact_diagonal
+from hesscli.engine.distributed import leave
 from hesscli.engine.gradient import loss_and_gradient
 from hesscli.engine.params import list_layers
 
@@ -66,3 +67,4 @@ if __name__ == "__main__":
     found = {case[0]: measure(*case) for case in CASES}
     if torch.distributed.get_rank() == 0:
         torch.save(found, sys.argv[1])
+    leave()

@@ -23,6 +23,7 @@ from hesscli.cli.commands.report import report
 from hesscli.cli.commands.spectrum import spectrum
 from hesscli.cli.commands.trace import trace
 from hesscli.cli.output import configure_logging, rank_label
+from hesscli.engine.distributed import leave
 from hesscli.engine.memory import is_out_of_memory
 from hesscli.errors import HesscliError
 
@@ -73,6 +74,7 @@ class HesscliGroup(TyperGroup):
                 f"out of memory ({first[:200]}); lower --max-memory or --micro-batch, select "
                 "fewer layers (--layer), or run on more processes (torchrun)"
             )
+        leave()  # every rank got here: leave the process group together
         sys.exit(code if isinstance(code, int) else EXIT_OK)
 
 

@@ -146,7 +146,19 @@ def join(device: torch.device, requested: bool | None) -> tuple[Group, torch.dev
     return Group(dist.get_rank(), dist.get_world_size(), backend, comm), device
 
 
+def leave() -> None:
+    """Leave the process group after a run that finished on every rank.
+
+    The barrier first: a rank tearing its connections down while a peer is still using them
+    makes gloo abort the process (SIGABRT) at exit.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _leave() -> None:
+    """At exit after an error: tear down without waiting for peers that may never come."""
     if dist.is_initialized():
         dist.destroy_process_group()
 
