@@ -1,5 +1,6 @@
-"""The engine's run-time checks: route selection by agreement and finite differences, the
-determinism check, NaN products and bad arguments. Faults are injected with custom autograd
+"""The engine's run-time checks: route selection by rule, checked by double backward, finite
+differences and symmetry on a slice of the first micro-batch, the determinism check, NaN
+products and bad arguments. Faults are injected with custom autograd
 functions whose derivative rules are missing or deliberately wrong."""
 
 from __future__ import annotations
@@ -120,17 +121,27 @@ def _truth(model: nn.Module, data: Dataset, kind: str = "hessian") -> torch.Tens
 
 
 @pytest.mark.parametrize("kind", ["hessian", "ggn"])
-def test_wrong_forward_mode_rule_is_caught_and_avoided(kind):
+def test_auto_uses_double_backward_out_of_reach_of_a_wrong_forward_mode_rule(kind):
     model, data = _setup(_Sin)
     op = CurvatureOperator(model, data, MSE, kind=kind, micro_batch=4)
     actual = op.dense()
     expected = _truth(model, data, kind)
     assert dense.relative(actual, expected) < 1e-10, dense.worst(actual, expected)
     assert op.route.route == REVERSE
-    assert op.route.difference > 1e-3
-    assert op.route.referee[REVERSE] < 1e-6 < op.route.referee[FORWARD]
-    assert "finite differences side with reverse-over-reverse" in op.route.reason
+    assert "double backward has no forward-mode rules" in op.route.reason
+    assert list(op.route.seconds) == [REVERSE]  # the forward route never ran
     assert op.counters.check_products > 0
+
+
+@pytest.mark.parametrize("kind", ["hessian", "ggn"])
+def test_forced_forward_route_that_is_right_is_checked_against_double_backward(kind):
+    model, data = _setup(_SinRules)
+    op = CurvatureOperator(model, data, MSE, kind=kind, method="forward", micro_batch=4)
+    actual = op.dense()
+    assert dense.relative(actual, _truth(model, data, kind)) < 1e-10
+    assert op.route.route == FORWARD
+    assert op.route.difference is not None and op.route.difference < 1e-10
+    assert "agrees with double backward" in op.route.reason
 
 
 def test_forcing_the_wrong_route_is_an_error():
@@ -147,14 +158,19 @@ def test_unchecked_forward_route_really_is_wrong_here():
     assert dense.relative(op.dense(), _truth(model, data)) > 1e-3
 
 
-def test_missing_forward_mode_rule_falls_back_to_double_backward():
+def test_missing_forward_mode_rule_does_not_matter_to_auto():
     model, data = _setup(_NoForward)
     op = CurvatureOperator(model, data, MSE, micro_batch=5)
     actual = op.dense()
     assert dense.relative(actual, _truth(model, data)) < 1e-10
     assert op.route.route == REVERSE
-    assert "forward-over-reverse is unavailable" in op.route.reason
-    assert "no forward-mode rule" in op.route.reason
+
+
+def test_forcing_forward_without_its_rule_names_the_rule():
+    model, data = _setup(_NoForward)
+    op = CurvatureOperator(model, data, MSE, method="forward")
+    with pytest.raises(DifferentiationError, match="forward is unavailable.*no forward-mode rule"):
+        op.matvec(torch.ones(op.size, dtype=F64))
 
 
 def test_once_differentiable_backward_is_caught_by_symmetry():

@@ -5,15 +5,16 @@ is linear in W, so ∂²L/∂W_ij² = Σₙ Σ_{t,t'} aₙₜⱼ·aₙₜ'ⱼ·�
 of a token or sequence axis; there is one when the layer acts on vectors). When samples are
 independent, the curvature C_z of the loss with respect to the layer's output is block diagonal
 over samples, and the whole weight diagonal follows from C_z alone. Two exact routes, each
-checked at run time against a true product C_z·u for a random u (one product through the
-verified engine routes), in this order:
+checked at run time against a true product C_z·u for a random u (one double-backward product
+through the loss as written), in this order:
 
 1. **Gauss–Newton factor** (m vjps, m = output size per sample, e.g. the classes): with
    H_out,n = Vₙ·diag(λₙ)·Vₙᵀ the loss Hessian of sample n w.r.t. the model outputs and
    u_{n,c} = J_{down,n}ᵀ·v_{n,c}, the downstream Gauss–Newton matrix is Σ_c λ_{n,c}·u_{n,c}u_{n,c}ᵀ
    and ∂²/∂W_ij² = Σ_{n,c} λ_{n,c}·(Σₜ u_{n,c,t,i}·aₙₜⱼ)². Exact for the GGN, and for the Hessian
    when the downstream network adds no curvature of its own (ReLU, max-pool, linear maps): the
-   check tells.
+   check tells. H_out,n comes from the loss's closed form where it carries one
+   (:mod:`hesscli.engine.output_curvature`: the built-in losses), else by double backward.
 2. **Output-space products** (T·d_out products of the downstream network): the columns of C_z
    for every output coordinate at once across samples. Exact for any downstream network.
 
@@ -27,15 +28,16 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.func import grad, jvp, vjp, vmap
 
 from hesscli.engine.functional import Params, call_model, math_attention
 from hesscli.engine.layout import Block
 from hesscli.engine.memory import is_out_of_memory
 from hesscli.engine.operator import CurvatureOperator
+from hesscli.engine.output_curvature import output_hessian_of
 from hesscli.engine.products import MicroBatchLoss
 from hesscli.engine.routes import (
     FORWARD,
@@ -173,25 +175,51 @@ def _layer_losses(op: CurvatureOperator, module: nn.Module, mb: MicroBatchLoss) 
     return LayerOutputLoss(mb.model, mb.loss_fn, mb.batch, {}, fixed, module)
 
 
-def _capture(mb: LayerOutputLoss) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's input a and output z on this micro-batch (and that it runs exactly once)."""
-    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+class Traced(NamedTuple):
+    """One forward pass of a micro-batch, seen from one layer.
 
-    def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        seen.append((args[0].detach(), out.detach()))
+    Attributes:
+        a: The layer's input (detached).
+        z: The layer's output (detached).
+        outputs: The model outputs, with their graph back to ``delta``.
+        delta: A zero leaf added to the layer's output: backward passes from ``outputs`` to it
+            run through the downstream network alone (the parameters are held fixed).
+    """
+
+    a: torch.Tensor
+    z: torch.Tensor
+    outputs: torch.Tensor
+    delta: torch.Tensor
+
+
+def _capture(mb: LayerOutputLoss) -> Traced:
+    """The layer's input and output on this micro-batch, and the model outputs' graph from it.
+
+    One forward pass serves the fast routes' backward passes and their check.
+
+    Raises:
+        Unsupported: The layer does not run exactly once, or has no leading sample axis.
+    """
+    seen: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def hook(_m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+        delta = torch.zeros_like(out, requires_grad=True)
+        seen.append((args[0].detach(), out.detach(), delta))
+        return out + delta
 
     handle = mb.module.register_forward_hook(hook)
     try:
-        with torch.no_grad():
-            call_model(mb.model, mb.fixed, mb.batch.inputs)
+        with torch.enable_grad():
+            outputs = call_model(mb.model, mb.fixed, mb.batch.inputs)
     finally:
         handle.remove()
     if len(seen) != 1:
         raise Unsupported(f"the layer runs {len(seen)} times per forward pass")
-    a, z = seen[0]
-    if z.ndim < 2 or z.shape[0] != mb.batch.size:
+    a, z, delta = seen[0]
+    traced = Traced(a, z, outputs, delta)
+    if traced.z.ndim < 2 or traced.z.shape[0] != mb.batch.size:
         raise Unsupported("the layer's output has no leading sample axis")
-    return a, z
+    return traced
 
 
 def _agreed(
@@ -223,16 +251,18 @@ def _fast(
     with math_attention():
         for index, (_first, base, scale) in enumerate(op.micro_batch_losses()):
             mb = _layer_losses(op, linear, base)
-            a, z = _capture(mb)
-            a = a.reshape(a.shape[0], -1, a.shape[-1]).double()
+            traced = _capture(mb)
+            z = traced.z
+            a = traced.a.reshape(z.shape[0], -1, traced.a.shape[-1]).double()
             positions = a.shape[1]
             if method == GAUSS_NEWTON:
                 try:
-                    w, b, n = _gauss_newton(op, mb, z, a, check=index == 0, seed=seed)
+                    w, b, n = _gauss_newton(op, mb, traced, a, check=index == 0, seed=seed)
                 except Unsupported:
                     if index:
                         raise
                     method = OUTPUT_SPACE
+            del traced  # the downstream graph
             if method == OUTPUT_SPACE:
                 if positions * linear.out_features >= block.size:
                     raise Unsupported("output-space products would cost more than unit columns")
@@ -253,23 +283,22 @@ def _ordered(op: CurvatureOperator, block: Block) -> list[str]:
 def _check(
     op: CurvatureOperator,
     mb: LayerOutputLoss,
-    z: torch.Tensor,
+    traced: Traced,
     seed: int,
     factored: Callable[[torch.Tensor], torch.Tensor],
 ) -> None:
     """Compare the fast route's C_z·u with a true product by double backward.
 
-    Double backward is independent of the vjps and forward-mode products of the fast routes, so
-    agreement checks the route as well as the assumptions (independent samples, and for the
-    Gauss–Newton factor no curvature of the downstream network's own).
+    Double backward through the loss as written is independent of the closed-form output
+    Hessians, the factorisation and the forward-mode products of the fast routes, so agreement
+    checks the route as well as the assumptions (independent samples, and for the Gauss–Newton
+    factor no curvature of the downstream network's own).
     """
+    z = traced.z
     generator = torch.Generator().manual_seed(seed)
     u = torch.randn(z.shape, generator=generator, dtype=torch.float64).to(z.device, z.dtype)
-    variables = {DELTA: torch.zeros_like(z)}
-    checked = LayerOutputLoss(mb.model, mb.loss_fn, mb.batch, variables, mb.fixed, mb.module)
     try:
-        apply, _ = build(op.kind, REVERSE, checked, chunk_size=op.chunk_size)
-        true = apply({DELTA: u[None]})[DELTA][0]
+        true = _double_backward_product(op.kind, mb, traced, u)
     except RuntimeError as exc:  # no double backward through the downstream network
         if is_out_of_memory(exc):
             raise
@@ -280,43 +309,110 @@ def _check(
         raise Unsupported(f"output-curvature check failed (relative difference {gap:.1e})")
 
 
-def _output_hessians(mb: LayerOutputLoss, outputs: torch.Tensor) -> torch.Tensor:
-    """Per-sample Hessians of the micro-batch loss w.r.t. the outputs: ``(b, m, m)``."""
+def _double_backward_product(
+    kind: str, mb: LayerOutputLoss, traced: Traced, u: torch.Tensor
+) -> torch.Tensor:
+    """C_z·u, the curvature of the loss w.r.t. the layer's output z, by reverse mode only.
+
+    Every derivative is that of a scalar (an inner product): ``torch.autograd.grad`` given an
+    explicit ``grad_outputs`` tensor imports sympy on first use (over half a second).
+    """
+    outputs, delta = traced.outputs, traced.delta
+    with torch.enable_grad():
+        if kind == "hessian":
+            g = _grad(mb.output_loss(outputs), delta, create_graph=True)  # ∇L
+            return _grad((g * u).sum(), delta)  # H·u = ∇⟨∇L, u⟩
+        dummy = torch.zeros_like(outputs, requires_grad=True)
+        transposed = _grad((outputs * dummy).sum(), delta, create_graph=True)  # Jᵀw, linear in w
+        ju = _grad((transposed * u).sum(), dummy)  # u → J·u
+        leaf = outputs.detach().requires_grad_(True)
+        output_gradient = _grad(mb.output_loss(leaf), leaf, create_graph=True)
+        hju = _grad((output_gradient * ju).sum(), leaf)  # → H_out·J·u
+        return _grad((outputs * hju).sum(), delta)  # → Jᵀ·H_out·J·u
+
+
+def _grad(scalar: torch.Tensor, leaf: torch.Tensor, *, create_graph: bool = False) -> torch.Tensor:
+    """∂scalar/∂leaf, zero where the scalar does not depend on the leaf."""
+    if not scalar.requires_grad:
+        return torch.zeros_like(leaf)
+    (g,) = torch.autograd.grad(
+        scalar, leaf, create_graph=create_graph, retain_graph=True, allow_unused=True
+    )
+    return torch.zeros_like(leaf) if g is None else g
+
+
+def _output_hessians(mb: LayerOutputLoss, outputs: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Per-sample Hessians of the micro-batch loss w.r.t. the outputs: ``(b, m, m)`` float64.
+
+    From the loss's closed form when it carries one (:mod:`hesscli.engine.output_curvature`),
+    else by differentiating it twice.
+
+    Returns:
+        The Hessians, and the output-space products spent on them (0 for a closed form).
+    """
+    closed = output_hessian_of(mb.loss_fn)
+    hessians = None if closed is None else closed(outputs, mb.batch.targets)
+    count = 0
+    if hessians is None:
+        hessians, count = _differentiated_output_hessians(mb, outputs), outputs[0].numel()
+    hessians = hessians.double()
+    return (hessians + hessians.transpose(1, 2)) / 2, count
+
+
+def _differentiated_output_hessians(mb: LayerOutputLoss, outputs: torch.Tensor) -> torch.Tensor:
+    """``(b, m, m)`` by double backward: one backward pass per output coordinate.
+
+    Double backward, not forward-over-reverse: the route's check needs double backward through
+    the loss anyway, m is small (the classes), and ``torch.func``'s first use imports
+    ``torch._dynamo`` (over a second).
+
+    Raises:
+        Unsupported: The loss has no double backward (no fast route could be checked).
+    """
     b = outputs.shape[0]
     m = outputs[0].numel()
-    eye = torch.eye(m, dtype=outputs.dtype, device=outputs.device)
-    tangents = eye[:, None, :].expand(m, b, m).reshape(m, *outputs.shape)
-    gradient = grad(mb.output_loss)
+    leaf = outputs.detach().requires_grad_(True)
     try:
-        columns = vmap(lambda e: jvp(gradient, (outputs,), (e,))[1])(tangents)
-    except RuntimeError as exc:  # a loss without forward-mode rules: double backward
+        with torch.enable_grad():
+            g = _grad(mb.output_loss(leaf), leaf, create_graph=True).reshape(b, m)
+            # column k: H·e_k with e_k the k-th output of every sample (H is block diagonal)
+            columns = [_grad(g[:, k].sum(), leaf).reshape(b, m) for k in range(m)]
+    except RuntimeError as exc:
         if is_out_of_memory(exc):
             raise
-        leaf = outputs.detach().requires_grad_(True)
-        g = torch.autograd.grad(mb.output_loss(leaf), leaf, create_graph=True)[0]
-        columns = torch.stack(
-            [torch.autograd.grad(g, leaf, t, retain_graph=True)[0] for t in tangents]
-        )
-    hessians = columns.reshape(m, b, m).permute(1, 2, 0).double()
-    return (hessians + hessians.transpose(1, 2)) / 2
+        raise Unsupported(f"no double backward through the loss ({exc})") from exc
+    return torch.stack(columns, dim=-1)  # [n, i, k] = ∂²L/∂o_ni∂o_nk
+
+
+def _pullbacks(
+    outputs: torch.Tensor, delta: torch.Tensor, cotangents: torch.Tensor
+) -> torch.Tensor:
+    """J_downᵀ·v for each of the ``(m, *outputs)`` cotangents v: ``(m, *delta)``.
+
+    J_down is the Jacobian of the model ``outputs`` with respect to ``delta``, the leaf added to
+    the layer's output: J_downᵀ·v = ∇_δ⟨outputs, v⟩, one backward pass through the downstream
+    network each. Plain autograd of scalars: a loop measured as fast as ``is_grads_batched``
+    here, ``torch.func``'s first use imports ``torch._dynamo`` (over a second), and an explicit
+    ``grad_outputs`` tensor imports sympy (over half a second).
+    """
+    return torch.stack([_grad((outputs * v).sum(), delta) for v in cotangents])
 
 
 def _gauss_newton(
     op: CurvatureOperator,
     mb: LayerOutputLoss,
-    z: torch.Tensor,
+    traced: Traced,
     a: torch.Tensor,
     *,
     check: bool,
     seed: int,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    zero = {DELTA: torch.zeros_like(z)}
-    outputs, pullback = vjp(mb.outputs, zero)
-    outputs = outputs.detach()
-    lam, vectors = torch.linalg.eigh(_output_hessians(mb, outputs))  # (b, m), (b, m, m)
+    z, outputs = traced.z, traced.outputs
+    hessians, spent = _output_hessians(mb, outputs.detach())
+    lam, vectors = torch.linalg.eigh(hessians)  # (b, m), (b, m, m)
     m = lam.shape[1]
-    cotangents = vectors.permute(2, 0, 1).reshape(m, *outputs.shape).to(z.dtype)
-    u = vmap(lambda ct: pullback(ct)[0][DELTA])(cotangents)  # (m, b, *z) = J_downᵀ v
+    cotangents = vectors.permute(2, 0, 1).reshape(m, *outputs.shape).to(outputs.dtype)
+    u = _pullbacks(outputs, traced.delta, cotangents)  # (m, b, *z) = J_downᵀ v
     u = u.reshape(m, z.shape[0], -1, z.shape[-1]).double()  # (m, b, T, d_out)
     if check:
 
@@ -325,17 +421,17 @@ def _gauss_newton(
             coefficient = torch.einsum("cnti,nti->nc", u, x) * lam
             return torch.einsum("nc,cnti->nti", coefficient, u).reshape(z.shape).to(z.dtype)
 
-        _check(op, mb, z, seed, factored)
+        _check(op, mb, traced, seed, factored)
     if a.shape[1] == 1:
         s = torch.einsum("nc,cni->ni", lam, u[:, :, 0].square())
-        return s.T @ a[:, 0].square(), s.sum(dim=0), 2 * m
+        return s.T @ a[:, 0].square(), s.sum(dim=0), m + spent
     weight = torch.zeros(z.shape[-1], a.shape[-1], dtype=torch.float64, device=z.device)
     for first in range(0, z.shape[0], _chunk(m, z.shape[-1], a.shape[-1])):
         rows = slice(first, first + _chunk(m, z.shape[-1], a.shape[-1]))
         g = torch.einsum("cnti,ntj->cnij", u[:, rows], a[rows])
         weight += torch.einsum("nc,cnij->ij", lam[rows], g.square())
     bias = torch.einsum("nc,cni->i", lam, u.sum(dim=2).square())
-    return weight, bias, 2 * m
+    return weight, bias, m + spent
 
 
 def _chunk(*sizes: int) -> int:
@@ -383,7 +479,7 @@ def _output_space(
             flat = x.reshape(b, coordinates).double()
             return torch.einsum("knti,nk->nti", stacked, flat).reshape(z.shape).to(z.dtype)
 
-        _check(op, layer, z, seed, factored)
+        _check(op, layer, _capture(layer), seed, factored)
     weight = torch.einsum("ntj,nitu,nuj->ij", a, per_sample, a)
     bias = per_sample.sum(dim=(2, 3)).sum(dim=0)
     return weight, bias, coordinates

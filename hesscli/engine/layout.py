@@ -95,15 +95,27 @@ class Layout:
                 return block
         raise KeyError(name)
 
-    def unflatten(self, matrix: torch.Tensor) -> Params:
-        """``(P, K)`` columns → ``{name: (K, *shape)}``, the layout vmap maps over."""
-        count = matrix.shape[1]
+    def slots_of(self, block: Block | None) -> tuple[Slot, ...]:
+        """The parameter tensors of ``block`` (all of them for ``None``)."""
+        if block is None:
+            return self.slots
+        return tuple(s for s in self.slots if block.start <= s.start < block.stop)
+
+    def unflatten(self, matrix: torch.Tensor, block: Block | None = None) -> Params:
+        """``(P, K)`` columns → ``{name: (K, *shape)}``, the layout vmap maps over.
+
+        With ``block``, ``matrix`` holds that block's rows only, and so does the result.
+        """
+        count, offset = matrix.shape[1], 0 if block is None else block.start
         return {
-            s.name: matrix[s.start : s.stop].T.reshape(count, *s.shape).contiguous()
-            for s in self.slots
+            s.name: matrix[s.start - offset : s.stop - offset]
+            .T.reshape(count, *s.shape)
+            .contiguous()
+            for s in self.slots_of(block)
         }
 
-    def flatten(self, block: Params) -> torch.Tensor:
-        """``{name: (K, *shape)}`` → ``(P, K)`` columns."""
-        parts = [block[s.name].reshape(block[s.name].shape[0], -1) for s in self.slots]
+    def flatten(self, params: Params, block: Block | None = None) -> torch.Tensor:
+        """``{name: (K, *shape)}`` → ``(P, K)`` columns (the block's rows only, with ``block``)."""
+        slots = self.slots_of(block)
+        parts = [params[s.name].reshape(params[s.name].shape[0], -1) for s in slots]
         return torch.cat(parts, dim=1).T

@@ -44,7 +44,15 @@ from hesscli.engine.layout import Block, Layout
 from hesscli.engine.memory import MemoryPlan, is_out_of_memory, plan_memory, release_cached
 from hesscli.engine.params import list_layers
 from hesscli.engine.products import Apply, LossFn, MicroBatchLoss
-from hesscli.engine.routes import FORWARD, METHODS, REVERSE, RouteReport, build, select_route
+from hesscli.engine.routes import (
+    FORWARD,
+    METHODS,
+    REVERSE,
+    RouteReport,
+    build,
+    check_slice,
+    select_route,
+)
 from hesscli.engine.weighting import Weighting
 from hesscli.errors import ConfigError, DifferentiationError, MemoryLimitError, NumericalError
 from hesscli.loading.data import Dataset
@@ -93,14 +101,16 @@ class CurvatureOperator:
             micro-batches are weighted bⱼ/N) or ``"sum"`` over the batch (the curvature is then
             that of the summed loss, and micro-batches add up with weight 1).
         blocks: ``[(name, [parameter names]), ...]``; default: one block per layer.
-        method: ``"auto"`` (check both routes on the first micro-batch, keep the faster one
-            that is right), ``"forward"`` or ``"reverse"`` (forced, still checked).
+        method: ``"auto"`` (double backward, falling back to forward mode, then finite
+            differences, where a route cannot run; see :mod:`.routes`), ``"forward"``,
+            ``"reverse"`` or ``"fd"`` (forced, still checked).
         micro_batch: Samples per micro-batch (default 512).
         chunk_size: Columns per ``vmap`` call of the forward route (bounds its memory).
         cache_bytes: Memory the reverse route may spend keeping each micro-batch's gradient
             graph between calls, which makes later products skip the forward pass (default: a
             quarter of the device's free memory; 0 disables).
-        verify: Check the route on the first micro-batch (turn off only to time a bare route).
+        verify: Check the route on a slice of the first micro-batch (turn off only to time a
+            bare route).
         group: The distributed process group; ``dataset`` is then this rank's shard, and every
             product is summed over the ranks (default: one process).
         weighting: The unit the loss averages over and its total over all ranks (default: the
@@ -196,7 +206,7 @@ class CurvatureOperator:
     def matmat(self, matrix: torch.Tensor) -> torch.Tensor:
         """C·V for a ``(P, K)`` block of columns (or C·v for a ``(P,)`` vector), one data pass."""
         columns = self._columns(matrix)
-        result = self._pass(self.layout.unflatten(columns), columns.shape[1])
+        (result,) = self._pass([(None, columns)])
         self.counters.products += columns.shape[1]
         return result if matrix.ndim == 2 else result[:, 0]
 
@@ -208,8 +218,9 @@ class CurvatureOperator:
     def block_matmat(self, matrix: torch.Tensor) -> torch.Tensor:
         """Block-diagonal product: rows of block l are C_ll·V_l, for every layer l at once.
 
-        One data pass carries L·K columns (column (l, k) is V's column k restricted to block
-        l), so per-layer algorithms pay one pass, not one per layer.
+        One data pass carries every layer's columns; each is a product on that layer's
+        parameters alone (see :mod:`.products`), so no parameter-length column is built per
+        layer and memory stays that of V.
         """
         columns = self._columns(matrix)
         _, result = self.fused_matmat(columns[:, :0], columns)
@@ -224,21 +235,13 @@ class CurvatureOperator:
         share the forward and backward work of every micro-batch.
         """
         a, b = self._columns(full), self._columns(blockwise)
-        count, blocks = b.shape[1], self.layout.blocks
-        spread = a.new_zeros(self.size, a.shape[1] + len(blocks) * count)
-        spread[:, : a.shape[1]] = a
-        for index, block in enumerate(blocks):
-            rows = slice(block.start, block.stop)
-            first = a.shape[1] + index * count
-            spread[rows, first : first + count] = b[rows]
-        products = self._pass(self.layout.unflatten(spread), spread.shape[1])
-        self.counters.products += spread.shape[1]
-        result = b.new_zeros(b.shape)
-        for index, block in enumerate(blocks):
-            rows = slice(block.start, block.stop)
-            first = a.shape[1] + index * count
-            result[rows] = products[rows, first : first + count]
-        return products[:, : a.shape[1]], result
+        requests: list[tuple[Block | None, torch.Tensor]] = [(None, a)]
+        if b.shape[1]:
+            requests += [(block, b[block.start : block.stop]) for block in self.layout.blocks]
+        products = self._pass(requests)
+        self.counters.products += a.shape[1] + len(self.layout.blocks) * b.shape[1]
+        result = torch.cat(products[1:]) if b.shape[1] else b.new_zeros(b.shape)
+        return products[0], result
 
     def dense(self, *, columns_per_pass: int = 256) -> torch.Tensor:
         """The whole ``(P, P)`` matrix, column blocks at a time (for small models and tests)."""
@@ -276,48 +279,65 @@ class CurvatureOperator:
         batch = to_device(part, device=self.device, dtype=self.dtype)  # type: ignore[arg-type]
         return MicroBatchLoss(self.model, self.loss_fn, batch, self._variables, self._fixed)
 
-    def _pass(self, block: Params, count: int) -> torch.Tensor:
+    def _pass(self, requests: list[tuple[Block | None, torch.Tensor]]) -> list[torch.Tensor]:
         """One pass over this rank's micro-batches, summed over the ranks.
 
-        Running out of memory is not fatal: the pass restarts with half the vmap chunk, then
-        half the micro-batch (neither changes the result), until nothing smaller is possible.
+        Each request is ``(block, columns)``: C·V over all coordinates (``block`` None), or
+        C_ll·V_l on the rows of one block. Running out of memory is not fatal: the pass
+        restarts with half the vmap chunk, then half the micro-batch (neither changes the
+        result), until nothing smaller is possible.
         """
         start = time.perf_counter()
-        if count == 0:
-            return torch.zeros(self.size, count, device=self.device, dtype=self.dtype)
+        tangents = [(block, self.layout.unflatten(columns, block)) for block, columns in requests]
         while True:
             try:
-                total = self._local_pass(block, count)
+                totals = self._local_pass(tangents, [c.shape[1] for _, c in requests])
                 break
             except (RuntimeError, MemoryError) as exc:
                 if not is_out_of_memory(exc):
                     raise
                 self._shrink(exc)
-        self.group.sum_(total)
+        for total in totals:
+            self.group.sum_(total)
         self.counters.data_passes += 1
         self.counters.seconds += time.perf_counter() - start
-        return total
+        return totals
 
-    def _local_pass(self, block: Params, count: int) -> torch.Tensor:
-        total = torch.zeros(self.size, count, device=self.device, dtype=self.dtype)
+    def _local_pass(
+        self, tangents: list[tuple[Block | None, Params]], counts: list[int]
+    ) -> list[torch.Tensor]:
+        totals = [
+            torch.zeros(
+                self.size if block is None else block.size,
+                count,
+                device=self.device,
+                dtype=self.dtype,
+            )
+            for (block, _), count in zip(tangents, counts, strict=True)
+        ]
+        if not any(counts):
+            return totals
         batches = self.num_micro_batches
         with math_attention():
             for index, (first, part, weight) in enumerate(
                 micro_batches(self.dataset, self.micro_batch, self.weighting)
             ):
-                product = self._product(index, part, block, batches)
-                flat = self.layout.flatten(product)
-                if not torch.isfinite(flat).all():
-                    raise NumericalError(
-                        f"a {self.kind}-vector product is NaN/Inf on samples {first}-"
-                        f"{first + part.size - 1} (in {self._bad_parameter(flat)})",
-                        "check those samples and the weights; try --dtype float64",
-                    )
-                # Mean: weight uⱼ/U, so the sum is the mean over all units; sum: weight 1.
-                total.add_(flat, alpha=weight if self.reduction == "mean" else 1.0)
+                apply = self._apply(index, part, batches)
+                for (block, vectors), total, count in zip(tangents, totals, counts, strict=True):
+                    if not count:
+                        continue
+                    flat = self.layout.flatten(apply(vectors), block)
+                    if not torch.isfinite(flat).all():
+                        raise NumericalError(
+                            f"a {self.kind}-vector product is NaN/Inf on samples {first}-"
+                            f"{first + part.size - 1} (in {self._bad_parameter(flat, block)})",
+                            "check those samples and the weights; try --dtype float64",
+                        )
+                    # Mean: weight uⱼ/U, so the sum is the mean over all units; sum: weight 1.
+                    total.add_(flat, alpha=weight if self.reduction == "mean" else 1.0)
                 if self.progress is not None:
                     self.progress(index + 1, batches)
-        return total
+        return totals
 
     def _shrink(self, exc: BaseException) -> None:
         """Halve the vmap chunk (forward route), else the micro-batch, after running out."""
@@ -325,8 +345,7 @@ class CurvatureOperator:
         release_cached(self.device)
         chunk = self.chunk_size or DEFAULT_CHUNK
         route = self.route.route if self.route is not None else METHODS[self.method]
-        forward = route in (None, FORWARD)  # None: not chosen yet, forward is tried first
-        if forward and chunk > 1:
+        if route == FORWARD and chunk > 1:  # the reverse route takes one column at a time
             self.chunk_size = chunk // 2
             change = f"{self.chunk_size} columns per vmap call"
         elif self.micro_batch > 1:
@@ -369,48 +388,42 @@ class CurvatureOperator:
             samples=self._largest_batch(),
         )
 
-    def _product(self, index: int, part: object, block: Params, batches: int) -> Params:
+    def _apply(self, index: int, part: object, batches: int) -> Apply:
+        """The product closure of micro-batch ``index``: cached, or built by the checked route."""
         cached = self._cache.get(index)
         if cached is not None:
-            return cached(block)
+            return cached
         mb = self._micro_batch_loss(part)
         if not self._checked:
             check_modules(self.model, single_batch=batches == 1 and not self.group.active)
-            check_repeatable(mb)
+            check_repeatable(check_slice(mb))
             self._checked = True
         if self.route is None:
-            return self._first_product(index, mb, block)
+            self.route = self._choose_route(mb)
         apply, graph_bytes = build(self.kind, self.route.route, mb, chunk_size=self.chunk_size)
         self._maybe_cache(index, apply, graph_bytes)
-        return apply(block)
+        return apply
 
-    def _first_product(self, index: int, mb: MicroBatchLoss, block: Params) -> Params:
+    def _choose_route(self, mb: MicroBatchLoss) -> RouteReport:
+        """The route by rule, checked on a slice of the first micro-batch; rank 0's for all."""
         if not self.verify:
             route = METHODS[self.method]
             assert route is not None
-            apply, graph_bytes = build(self.kind, route, mb, chunk_size=self.chunk_size)
-            self.route = RouteReport(route, self.method, "as requested, unchecked")
-            self._maybe_cache(index, apply, graph_bytes)
-            return apply(block)
-        apply, product, route, graph_bytes = select_route(
-            self.kind, self.method, mb, block, chunk_size=self.chunk_size
-        )
-        self.counters.check_products += route.check_products
-        agreed = self.group.agree(route.route)
-        if agreed != route.route:  # every rank computes with rank 0's route
-            try:
-                apply, graph_bytes = build(self.kind, agreed, mb, chunk_size=self.chunk_size)
-                product = apply(block)
-            except (RuntimeError, NotImplementedError) as exc:
-                raise DifferentiationError(
-                    f"rank {self.group.rank} cannot use {agreed}, which rank 0 chose: "
-                    f"{_first_line(exc)}",
-                    "pass --hvp-method with a route every rank can run",
-                ) from exc
-            route = RouteReport(agreed, route.requested, f"rank 0's choice: {route.reason}")
-        self.route = route
-        self._maybe_cache(index, apply, graph_bytes)
-        return product
+            return RouteReport(route, self.method, "as requested, unchecked")
+        report = select_route(self.kind, self.method, mb)
+        self.counters.check_products += report.check_products
+        agreed = self.group.agree(report.route)
+        if agreed == report.route:
+            return report
+        try:  # every rank computes with rank 0's route
+            build(self.kind, agreed, check_slice(mb), chunk_size=self.chunk_size)
+        except (RuntimeError, NotImplementedError) as exc:
+            raise DifferentiationError(
+                f"rank {self.group.rank} cannot use {agreed}, which rank 0 chose: "
+                f"{_first_line(exc)}",
+                "pass --hvp-method with a route every rank can run",
+            ) from exc
+        return RouteReport(agreed, report.requested, f"rank 0's choice: {report.reason}")
 
     def _maybe_cache(self, index: int, apply: Apply, graph_bytes: int) -> None:
         """Keep a reverse-route closure (it holds the micro-batch's gradient graph) in budget."""
@@ -420,9 +433,14 @@ class CurvatureOperator:
             self._cache[index] = apply
             self.graph_bytes += graph_bytes
 
-    def _bad_parameter(self, flat: torch.Tensor) -> str:
+    def _bad_parameter(self, flat: torch.Tensor, block: Block | None) -> str:
         bad = ~torch.isfinite(flat).all(dim=1)
-        names = [s.name for s in self.layout.slots if bad[s.start : s.stop].any()]
+        offset = 0 if block is None else block.start
+        names = [
+            s.name
+            for s in self.layout.slots_of(block)
+            if bad[s.start - offset : s.stop - offset].any()
+        ]
         return ", ".join(names[:4])
 
 

@@ -2,7 +2,10 @@
 
 A product factory takes the pieces of one micro-batch's mean loss and returns a pure closure
 ``apply(V) -> C·V`` for a block of K tangent vectors (a parameter dict whose tensors carry a
-leading K axis). Two routes exist for each curvature kind:
+leading K axis). When ``V`` names only a subset S of the variables, the closure returns the
+diagonal block's product C_SS·V_S on S alone: per-layer algorithms then never build a
+parameter-length column per layer, and the reverse route differentiates only what S needs.
+Two routes exist for each curvature kind:
 
 - **forward-over-reverse**: ``jvp`` of ``grad``, vectorised over the K columns with ``vmap``;
 - **reverse-over-reverse** (double backward): the gradient graph is built once per micro-batch
@@ -68,7 +71,13 @@ def hessian_forward(mb: MicroBatchLoss, *, chunk_size: int | None) -> Apply:
     def column(v: Params) -> Params:
         return jvp(gradient, (mb.variables,), (v,))[1]  # d/dt ∇L(θ + t·v) = H·v
 
-    return vmap(column, chunk_size=chunk_size)
+    batched = vmap(column, chunk_size=chunk_size)
+
+    def apply(block: Params) -> Params:
+        full = batched(_filled(mb.variables, block))
+        return {n: full[n] for n in block}
+
+    return apply
 
 
 def hessian_reverse(mb: MicroBatchLoss) -> Apply:
@@ -82,28 +91,26 @@ def hessian_reverse(mb: MicroBatchLoss) -> Apply:
     loss = mb.loss(dict(zip(names, leaves, strict=True)))
     gradients = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
     # Parameters the loss never touches have zero gradient and zero curvature.
-    live = [i for i, g in enumerate(gradients) if g is not None and g.requires_grad]
+    live = {i for i, g in enumerate(gradients) if g is not None and g.requires_grad}
 
     def apply(block: Params) -> Params:
         count = next(iter(block.values())).shape[0]
+        subset = [i for i, n in enumerate(names) if n in block]
+        wanted = [i for i in subset if i in live]  # H_SS·v_S = ∇_S ⟨∇_S L, v_S⟩
         columns: list[list[torch.Tensor]] = []
         for k in range(count):
-            if not live:  # a loss linear in every variable has H = 0
-                columns.append([torch.zeros_like(leaf) for leaf in leaves])
-                continue
-            pieces = torch.autograd.grad(
-                [gradients[i] for i in live],
-                [leaves[i] for i in live],
-                grad_outputs=[block[names[i]][k] for i in live],
-                retain_graph=True,
-                allow_unused=True,
-            )
-            column = [torch.zeros_like(leaf) for leaf in leaves]
-            for i, piece in zip(live, pieces, strict=True):
-                if piece is not None:
-                    column[i] = piece
-            columns.append(column)
-        return {n: _stack([c[i] for c in columns], leaves[i]) for i, n in enumerate(names)}
+            found: dict[int, torch.Tensor] = {}
+            if wanted:  # else the loss is linear in these variables: H_SS = 0
+                pieces = torch.autograd.grad(
+                    [gradients[i] for i in wanted],
+                    [leaves[i] for i in wanted],
+                    grad_outputs=[block[names[i]][k] for i in wanted],
+                    retain_graph=True,
+                    allow_unused=True,
+                )
+                found = {i: p for i, p in zip(wanted, pieces, strict=True) if p is not None}
+            columns.append([found.get(i, torch.zeros_like(leaves[i])) for i in subset])
+        return {names[i]: _stack([c[j] for c in columns], leaves[i]) for j, i in enumerate(subset)}
 
     return apply
 
@@ -118,7 +125,13 @@ def ggn_forward(mb: MicroBatchLoss, *, chunk_size: int | None) -> Apply:
         hjv = jvp(output_gradient, (outputs,), (jv,))[1]  # → H_out·J·v
         return pullback(hjv)[0]  # → Jᵀ·H_out·J·v
 
-    return vmap(column, chunk_size=chunk_size)
+    batched = vmap(column, chunk_size=chunk_size)
+
+    def apply(block: Params) -> Params:
+        full = batched(_filled(mb.variables, block))
+        return {n: full[n] for n in block}
+
+    return apply
 
 
 def ggn_reverse(mb: MicroBatchLoss) -> Apply:
@@ -136,35 +149,38 @@ def ggn_reverse(mb: MicroBatchLoss) -> Apply:
     transposed = torch.autograd.grad(
         outputs, leaves, grad_outputs=dummy, create_graph=True, allow_unused=True
     )
-    live = [i for i, t in enumerate(transposed) if t is not None and t.requires_grad]
+    live = {i for i, t in enumerate(transposed) if t is not None and t.requires_grad}
 
     def apply(block: Params) -> Params:
         count = next(iter(block.values())).shape[0]
+        subset = [i for i, n in enumerate(names) if n in block]
+        wanted = [i for i in subset if i in live]
+        targets = [leaves[i] for i in subset]
         columns = []
         for k in range(count):
-            if not live:  # outputs that do not depend on the variables have J = 0
-                columns.append([torch.zeros_like(leaf) for leaf in leaves])
+            if not wanted:  # outputs that do not depend on these variables: J_S = 0
+                columns.append([torch.zeros_like(leaf) for leaf in targets])
                 continue
-            (jv,) = torch.autograd.grad(  # v → J·v
-                [transposed[i] for i in live],
+            (jv,) = torch.autograd.grad(  # v_S → J_S·v_S
+                [transposed[i] for i in wanted],
                 dummy,
-                grad_outputs=[block[names[i]][k] for i in live],
+                grad_outputs=[block[names[i]][k] for i in wanted],
                 retain_graph=True,
             )
-            if output_gradient.requires_grad:  # → H_out·J·v
+            if output_gradient.requires_grad:  # → H_out·J_S·v_S
                 (hjv,) = torch.autograd.grad(output_gradient, detached, jv, retain_graph=True)
             else:  # a loss linear in the outputs has H_out = 0
                 hjv = torch.zeros_like(jv)
-            column = torch.autograd.grad(  # → Jᵀ·H_out·J·v
-                outputs, leaves, grad_outputs=hjv, retain_graph=True, allow_unused=True
+            column = torch.autograd.grad(  # → J_Sᵀ·H_out·J_S·v_S
+                outputs, targets, grad_outputs=hjv, retain_graph=True, allow_unused=True
             )
             columns.append(
                 [
                     torch.zeros_like(x) if c is None else c
-                    for c, x in zip(column, leaves, strict=True)
+                    for c, x in zip(column, targets, strict=True)
                 ]
             )
-        return {n: _stack([c[i] for c in columns], leaves[i]) for i, n in enumerate(names)}
+        return {names[i]: _stack([c[j] for c in columns], leaves[i]) for j, i in enumerate(subset)}
 
     return apply
 
@@ -209,11 +225,21 @@ def finite_difference(mb: MicroBatchLoss, kind: str) -> Apply:
     single = hessian_fd if kind == "hessian" else ggn_fd
 
     def apply(block: Params) -> Params:
-        count = next(iter(block.values())).shape[0]
-        columns = [single(mb, {n: t[k] for n, t in block.items()}) for k in range(count)]
+        full = _filled(mb.variables, block)
+        count = next(iter(full.values())).shape[0]
+        columns = [single(mb, {n: t[k] for n, t in full.items()}) for k in range(count)]
         return {n: _stack([c[n] for c in columns], block[n][0]) for n in block}
 
     return apply
+
+
+def _filled(variables: Params, block: Params) -> Params:
+    """``block`` on every variable: the ones it leaves out get zero tangents (no memory)."""
+    count = next(iter(block.values())).shape[0]
+    return {
+        n: block[n] if n in block else p.new_zeros(()).expand(count, *p.shape)
+        for n, p in variables.items()
+    }
 
 
 def _gradient(loss: Callable[[Params], torch.Tensor], at: Params) -> Params:

@@ -1,21 +1,30 @@
-"""Choosing, and checking, the differentiation route on the first micro-batch.
+"""Choosing, and checking, the differentiation route on a slice of the first micro-batch.
 
 Forward-mode rules are missing for some operators and silently wrong for others (``layer_norm``
-in some compositions, pytorch #196700), while double backward is missing for some fused kernels.
-So the first micro-batch's products are computed by **both** routes: when they agree, the faster
-one is kept (or the one the user asked for); when they disagree, central finite differences of
-first derivatives referee, and the route that agrees with them is used. Either way the outcome is
+in some compositions, pytorch #196700), while double backward is missing for some fused kernels
+and silently incomplete behind a ``once_differentiable`` backward. The route is chosen by a rule,
+never by timing, so the same inputs always take the same route and give the same bits:
+
+- ``auto`` uses **reverse-over-reverse** (double backward), which has no forward-mode rules to
+  get wrong. Only when the model has no double-backward rule does it fall back to
+  forward-over-reverse, checked against central finite differences of first derivatives, and
+  then to finite differences themselves.
+- ``forward`` is checked against double backward (finite differences referee a disagreement);
+  ``reverse`` and ``fd`` are used as asked.
+
+Every check runs on the first :data:`CHECK_SAMPLES` samples of the first micro-batch, with two
+random probe columns, and only on the routes that can be used; the chosen route's probe
+products must be symmetric (uᵀCv = vᵀCu), which catches what no agreement can: a
+``once_differentiable`` backward that silently drops second derivatives. The outcome is
 reported, so no number is silently wrong.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from dataclasses import dataclass, field
 
 import torch
-from torch.func import grad, jvp, vmap
 from torch.nn.functional import scaled_dot_product_attention
 from torch.overrides import TorchFunctionMode
 
@@ -55,13 +64,13 @@ class RouteReport:
         requested: The ``--hvp-method`` asked for (``auto``, ``forward``, ``reverse``).
         reason: One sentence a user can read.
         difference: Worst per-parameter relative difference between the two routes on the
-            first micro-batch (``None`` when only one route could run).
+            check slice (``None`` when only one route ran).
         referee: Worst relative error of each route against finite differences, when the
             routes disagreed or only one could run.
-        seconds: Time each route took on the first micro-batch.
+        seconds: Time each route took on the check slice (for the record; never a criterion).
         symmetry: |uᵀCv − vᵀCu| relative to ‖C‖ for the kept route (see
             :func:`symmetry_defect`).
-        check_products: Single-micro-batch products the check spent beyond the requested ones.
+        check_products: Products on the check slice the check spent.
         error: Estimated relative error of the products: 0 for the exact routes, and for
             finite differences the gap between steps h and 2h on the first micro-batch.
         attention: How attention is computed, when the model uses
@@ -141,43 +150,211 @@ def symmetry_defect(block: Params, product: Params) -> float:
     return gap / scale if scale > 0 else 0.0
 
 
+#: Samples of the first micro-batch that the route check runs on.
+CHECK_SAMPLES = 4
+#: Random columns of the symmetry check.
+_PROBES = 2
+
+
 @dataclass
 class _Attempt:
     route: str
-    apply: Apply | None = None
     product: Params | None = None
     seconds: float = 0.0
     error: str = ""
-    graph_bytes: int = 0
 
 
-@functools.cache
-def _warm_up() -> None:
-    """Run a tiny vmapped jvp-of-grad once per process.
-
-    torch.func's one-time set-up (about a second) should not be billed to the forward route
-    when the two routes are timed against each other.
-    """
-    vmap(lambda v: jvp(grad(lambda x: (x * x).sum()), (torch.ones(2),), (v,))[1])(torch.eye(2))
-
-
-def _attempt(
-    kind: str, route: str, mb: MicroBatchLoss, block: Params, chunk: int | None
-) -> _Attempt:
+def _attempt(kind: str, route: str, mb: MicroBatchLoss, probe: Params) -> _Attempt:
+    """The route's products of ``probe`` on ``mb``, or the first line of why it cannot run."""
     start = time.perf_counter()
     try:
-        apply, graph_bytes = build(kind, route, mb, chunk_size=chunk)
-        product = apply(block)
+        apply, _ = build(kind, route, mb, chunk_size=None)
+        product = apply(probe)
     except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
         if is_out_of_memory(exc):  # the operator retries smaller; not a missing rule
             raise
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return _Attempt(route, error=text[:300])
-    return _Attempt(route, apply, product, time.perf_counter() - start, "", graph_bytes)
+        return _Attempt(route, error=_first_line(exc))
+    return _Attempt(route, product, time.perf_counter() - start)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _first_column(block: Params) -> Params:
     return {n: t[0] for n, t in block.items()}
+
+
+def check_slice(mb: MicroBatchLoss) -> MicroBatchLoss:
+    """The first :data:`CHECK_SAMPLES` samples of ``mb``: what the route check runs on.
+
+    All of ``mb`` when the slice's loss is not finite (e.g. it holds only padding tokens).
+    """
+    if mb.batch.size <= CHECK_SAMPLES:
+        return mb
+    part = MicroBatchLoss(
+        mb.model, mb.loss_fn, mb.batch.slice(0, CHECK_SAMPLES), mb.variables, mb.fixed
+    )
+    with torch.no_grad():
+        finite = bool(torch.isfinite(part.loss(part.variables)))
+    return part if finite else mb
+
+
+def select_route(
+    kind: str, requested: str, mb: MicroBatchLoss, *, chunk_size: int | None = None
+) -> RouteReport:
+    """Choose the route by rule and check it on a slice of ``mb`` (see the module docstring).
+
+    Raises:
+        DifferentiationError: when no route can differentiate the model twice, or the route the
+            user forced cannot.
+        NumericalError: when the forced route is the wrong one, or the curvature the chosen
+            route gives is not symmetric.
+    """
+    del chunk_size  # the check runs one column at a time
+    forced = METHODS[requested]
+    sliced = check_slice(mb)
+    probe = _probes(sliced.variables)
+    attention = MATH_ATTENTION if uses_attention(sliced) else ""
+    if forced == FINITE:
+        return _finite_route(kind, requested, sliced, probe, "as requested", attention)
+    if forced == FORWARD:
+        return _checked_forward(kind, requested, sliced, probe, attention)
+    reverse = _attempt(kind, REVERSE, sliced, probe)
+    if reverse.error:
+        if forced == REVERSE:
+            raise DifferentiationError(
+                f"--hvp-method reverse is unavailable for this model: {reverse.error}",
+                "use --hvp-method auto (it falls back to the route that works)",
+            )
+        forward = _attempt(kind, FORWARD, sliced, probe)
+        if forward.error:
+            failures = f"{REVERSE} failed with {reverse.error!r}; {FORWARD} failed with " + repr(
+                forward.error
+            )
+            return _finite_route(kind, requested, sliced, probe, failures, attention)
+        return _forward_fallback(kind, requested, sliced, probe, forward, reverse, attention)
+    reason = (
+        "as requested"
+        if forced == REVERSE
+        else "the default route: double backward has no forward-mode rules to get wrong"
+    )
+    return _report(
+        kind, reverse, requested, reason + _checked_on(sliced), probe, attention, 1, {}, None
+    )
+
+
+def _checked_on(mb: MicroBatchLoss) -> str:
+    return f"; checked on {mb.batch.size} samples of the first micro-batch"
+
+
+def _report(
+    kind: str,
+    chosen: _Attempt,
+    requested: str,
+    reason: str,
+    probe: Params,
+    attention: str,
+    attempts: int,
+    referee: dict[str, float],
+    difference: float | None,
+) -> RouteReport:
+    """The report for ``chosen``, once its probe products pass the symmetry check."""
+    assert chosen.product is not None
+    # NaN/Inf curvature is not judged here: the operator says where the products blow up.
+    symmetry = symmetry_defect(probe, chosen.product) if _finite(chosen.product) else 0.0
+    if symmetry > 10 * agreement_tolerance(_dtype(probe)):
+        raise NumericalError(
+            f"the {kind} that {chosen.route} computes is not symmetric (defect {symmetry:.1e}"
+            " on the first micro-batch), so torch drops part of the second derivatives: some "
+            "operator's backward is not differentiable (e.g. a custom autograd.Function "
+            "marked @once_differentiable)",
+            "make that backward differentiable, or compute with plain PyTorch operations",
+        )
+    return RouteReport(
+        chosen.route,
+        requested,
+        reason,
+        difference,
+        referee,
+        {chosen.route: chosen.seconds},
+        symmetry,
+        attempts * _PROBES,
+        attention=attention,
+    )
+
+
+def _checked_forward(
+    kind: str, requested: str, mb: MicroBatchLoss, probe: Params, attention: str
+) -> RouteReport:
+    """Forward-over-reverse as asked, checked against double backward on the slice."""
+    forward = _attempt(kind, FORWARD, mb, probe)
+    if forward.error:
+        raise DifferentiationError(
+            f"--hvp-method forward is unavailable for this model: {forward.error}",
+            "use --hvp-method auto (it falls back to the route that works)",
+        )
+    reverse = _attempt(kind, REVERSE, mb, probe)
+    if reverse.error:
+        return _forward_fallback(kind, requested, mb, probe, forward, reverse, attention)
+    assert forward.product is not None
+    assert reverse.product is not None
+    if not (_finite(forward.product) and _finite(reverse.product)):
+        return _report(kind, forward, requested, "as requested", probe, attention, 2, {}, None)
+    difference, where = relative_difference(forward.product, reverse.product)
+    if difference <= agreement_tolerance(_dtype(probe)):
+        reason = f"as requested; it agrees with double backward to {difference:.1e}"
+        return _report(
+            kind, forward, requested, reason + _checked_on(mb), probe, attention, 2, {}, difference
+        )
+    referee = _referee(kind, mb, probe, [forward, reverse])
+    if referee[FORWARD] > referee[REVERSE]:
+        raise NumericalError(
+            f"{FORWARD} products are wrong for this model: they differ from {REVERSE} by "
+            f"{difference:.1e} (worst in {where}) and from finite differences by "
+            f"{referee[FORWARD]:.1e}",
+            f"use --hvp-method auto (it uses {REVERSE})",
+        )
+    reason = (
+        f"as requested; it differs from double backward by {difference:.1e} (worst in "
+        f"{where}), and finite differences side with it ({referee[FORWARD]:.1e} vs "
+        f"{referee[REVERSE]:.1e})"
+    )
+    return _report(kind, forward, requested, reason, probe, attention, 3, referee, difference)
+
+
+def _forward_fallback(
+    kind: str,
+    requested: str,
+    mb: MicroBatchLoss,
+    probe: Params,
+    forward: _Attempt,
+    reverse: _Attempt,
+    attention: str,
+) -> RouteReport:
+    """Forward-over-reverse where double backward cannot run, refereed by finite differences.
+
+    Finite differences carry their own error (estimated from steps h and 2h); forward-mode
+    products further from them than ten times that are refused.
+    """
+    referee = _referee(kind, mb, probe, [forward])
+    error = _fd_error(kind, mb, probe)
+    bound = 10 * max(error, agreement_tolerance(_dtype(probe)))
+    if referee[FORWARD] > bound:
+        raise NumericalError(
+            f"{FORWARD} products differ from finite differences by {referee[FORWARD]:.1e} "
+            f"(their own error is about {error:.1e}), and double backward is unavailable "
+            f"({reverse.error})",
+            "use --hvp-method fd with --dtype float64",
+        )
+    reason = (
+        f"{REVERSE} is unavailable ({reverse.error}); forward-mode products agree with finite "
+        f"differences to {referee[FORWARD]:.1e}"
+    )
+    return _report(
+        kind, forward, requested, reason + _checked_on(mb), probe, attention, 3, referee, None
+    )
 
 
 def _referee(
@@ -192,104 +369,11 @@ def _referee(
     }
 
 
-def select_route(
-    kind: str, requested: str, mb: MicroBatchLoss, block: Params, *, chunk_size: int | None
-) -> tuple[Apply, Params, RouteReport, int]:
-    """Compute the first micro-batch's products by both routes and keep the right one.
-
-    Checks, in order: each route runs (else the other is used); the routes agree (else finite
-    differences referee); the kept route's products are symmetric (else both are wrong).
-
-    Returns:
-        The chosen route's closure for this micro-batch, its products on ``block`` (so the
-        work is not repeated), the report, and the bytes of the closure's retained graph.
-
-    Raises:
-        DifferentiationError: when no route can differentiate the model twice, or the route the
-            user forced cannot.
-        NumericalError: when the forced route is the wrong one, or the curvature the routes
-            give is not symmetric.
-    """
-    forced = METHODS[requested]
-    count = next(iter(block.values())).shape[0]
-    probe = _with_probes(block)
-    attention = MATH_ATTENTION if uses_attention(mb) else ""
-    if forced == FINITE:
-        return _finite_route(kind, requested, mb, probe, count, "as requested", attention)
-    _warm_up()
-    attempts = [_attempt(kind, r, mb, probe, chunk_size) for r in (FORWARD, REVERSE)]
-    ok = [a for a in attempts if a.error == ""]
-    seconds = {a.route: a.seconds for a in ok}
-    difference: float | None = None
-    referee: dict[str, float] = {}
-    if not ok:
-        failures = "; ".join(f"{a.route} failed with {a.error!r}" for a in attempts)
-        return _finite_route(kind, requested, mb, probe, count, failures, attention)
-    if len(ok) == 1:
-        (chosen,) = ok
-        (failed,) = [a for a in attempts if a.error]
-        if forced is not None and forced != chosen.route:
-            raise DifferentiationError(
-                f"--hvp-method {requested} is unavailable for this model: {failed.error}",
-                "use --hvp-method auto (it falls back to the route that works)",
-            )
-        if chosen.route == FORWARD:  # for the record: double backward is the reference
-            referee = _referee(kind, mb, probe, ok)
-        reason = f"{failed.route} is unavailable ({failed.error})"
-    elif not all(_finite(a.product) for a in attempts if a.product is not None):
-        # NaN/Inf curvature: the operator reports where the products blew up.
-        chosen = _by_name(attempts, forced or REVERSE)
-        reason = "products are not finite"
-    else:
-        forward, reverse = attempts
-        assert forward.product is not None
-        assert reverse.product is not None
-        difference, where = relative_difference(forward.product, reverse.product)
-        if difference <= agreement_tolerance(_dtype(block)):
-            chosen = _by_name(attempts, forced or _faster(forward, reverse))
-            reason = f"both routes agree to {difference:.1e} on the first micro-batch; " + (
-                "as requested" if forced else f"{chosen.route} was faster there"
-            )
-        else:
-            referee = _referee(kind, mb, probe, attempts)
-            chosen = min(attempts, key=lambda a: referee[a.route])
-            loser = reverse if chosen is forward else forward
-            if forced is not None and forced != chosen.route:
-                raise NumericalError(
-                    f"{forced} products are wrong for this model: they differ from "
-                    f"{chosen.route} by {difference:.1e} (worst in {where}) and from finite "
-                    f"differences by {referee[forced]:.1e}",
-                    f"use --hvp-method auto (it uses {chosen.route} here)",
-                )
-            reason = (
-                f"the routes disagree by {difference:.1e} (worst in {where}); finite "
-                f"differences side with {chosen.route} ({referee[chosen.route]:.1e} vs "
-                f"{referee[loser.route]:.1e}), so {loser.route} is not used"
-            )
-    assert chosen.apply is not None
-    assert chosen.product is not None
-    symmetry = symmetry_defect(_probes_only(probe, count), _probes_only(chosen.product, count))
-    if symmetry > 10 * agreement_tolerance(_dtype(block)):
-        raise NumericalError(
-            f"the {kind} that {chosen.route} computes is not symmetric (defect {symmetry:.1e}"
-            " on the first micro-batch), so torch drops part of the second derivatives: some "
-            "operator's backward is not differentiable (e.g. a custom autograd.Function "
-            "marked @once_differentiable)",
-            "make that backward differentiable, or compute with plain PyTorch operations",
-        )
-    product = {n: t[:count] for n, t in chosen.product.items()}
-    report = RouteReport(
-        chosen.route,
-        requested,
-        reason,
-        difference,
-        referee,
-        seconds,
-        symmetry,
-        probe_columns(count),
-        attention=attention,
-    )
-    return chosen.apply, product, report, chosen.graph_bytes
+def _fd_error(kind: str, mb: MicroBatchLoss, block: Params) -> float:
+    """The gap between central differences at steps h and 2h: about their error at h."""
+    single = hessian_fd if kind == "hessian" else ggn_fd
+    column = _first_column(block)
+    return _overall_gap(single(mb, column, scale=2.0), single(mb, column))
 
 
 def _finite_route(
@@ -297,10 +381,9 @@ def _finite_route(
     requested: str,
     mb: MicroBatchLoss,
     probe: Params,
-    count: int,
     why: str,
     attention: str,
-) -> tuple[Apply, Params, RouteReport, int]:
+) -> RouteReport:
     """Central differences of the gradient, with their error estimated from two step sizes.
 
     Truncation error grows as h² and round-off as 1/h, so the gap between the products at h
@@ -314,15 +397,14 @@ def _finite_route(
     except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
         if is_out_of_memory(exc):
             raise
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DifferentiationError(
             f"the model cannot be differentiated: {why}; finite differences failed with "
-            f"{text[:300]!r}",
+            f"{_first_line(exc)!r}",
             "replace the operator named in the message (e.g. a fused kernel) by a plain "
             "PyTorch one",
         ) from exc
     error = _overall_gap(coarse, _first_column(product))
-    symmetry = symmetry_defect(_probes_only(probe, count), _probes_only(product, count))
+    symmetry = symmetry_defect(probe, product)
     if symmetry > 10 * max(agreement_tolerance(_dtype(probe)), error):
         raise NumericalError(
             f"the finite-difference {kind} is not symmetric (defect {symmetry:.1e}, estimated "
@@ -333,17 +415,18 @@ def _finite_route(
         "finite differences of the gradient"
         + ("" if why == "as requested" else f", as the last resort: {why}")
         + f"; estimated relative error {error:.1e} (steps h and 2h on the first micro-batch)"
+        + _checked_on(mb)
     )
     report = RouteReport(
         FINITE,
         requested,
         reason,
         symmetry=symmetry,
-        check_products=2 * _PROBES + 1,
+        check_products=_PROBES + 1,
         error=error,
         attention=attention,
     )
-    return apply, {n: t[:count] for n, t in product.items()}, report, 0
+    return report
 
 
 def _overall_gap(a: Params, b: Params) -> float:
@@ -379,58 +462,23 @@ def uses_attention(mb: MicroBatchLoss) -> bool:
     return watch.attention
 
 
-def probe_columns(count: int) -> int:
-    """Single-micro-batch products the check spends beyond the ``count`` requested.
+def _probes(variables: Params) -> Params:
+    """``_PROBES`` fixed pseudo-random columns (seed 0, drawn on the CPU in float64).
 
-    The second route's products on the same columns, and two random probe columns for the
-    symmetry check on each route.
-    """
-    return count + 2 * _PROBES
-
-
-#: Random columns appended on the first micro-batch for the symmetry check.
-_PROBES = 2
-
-
-def _with_probes(block: Params) -> Params:
-    """``block`` with ``_PROBES`` fixed pseudo-random columns appended.
-
-    Random (not the caller's) vectors, because structured ones such as identity columns can
-    miss an asymmetry entirely.
+    Random vectors, because structured ones such as identity columns can miss an asymmetry
+    entirely; drawn the same way on every device so that the check does not depend on it.
     """
     generator = torch.Generator().manual_seed(0)
     return {
-        n: torch.cat(
-            [
-                t,
-                torch.randn((_PROBES, *t.shape[1:]), generator=generator, dtype=t.dtype).to(
-                    t.device
-                ),
-            ]
+        n: torch.randn((_PROBES, *t.shape), generator=generator, dtype=torch.float64).to(
+            t.device, t.dtype
         )
-        for n, t in block.items()
+        for n, t in variables.items()
     }
-
-
-def _probes_only(block: Params, count: int) -> Params:
-    return {n: t[count:] for n, t in block.items()}
-
-
-def _faster(forward: _Attempt, reverse: _Attempt) -> str:
-    """Reverse unless forward is clearly (20 %) faster.
-
-    The timed call includes building the reverse route's graph, which later calls reuse from
-    the cache; the margin keeps the choice from flipping on timing noise between runs.
-    """
-    return FORWARD if forward.seconds < 0.8 * reverse.seconds else REVERSE
 
 
 def _finite(product: Params) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in product.values())
-
-
-def _by_name(attempts: list[_Attempt], route: str) -> _Attempt:
-    return next(a for a in attempts if a.route == route)
 
 
 def _dtype(block: Params) -> torch.dtype:
