@@ -220,7 +220,9 @@ def report_for(
             chunk_size=op.chunk_size if op is not None else None,
             memory=None
             if plan is None
-            else MemoryUse(plan.budget, plan.source, plan.estimate, plan.sample_bytes),
+            else MemoryUse(
+                plan.budget, plan.source, plan.estimate, plan.sample_bytes, plan.reserve
+            ),
             distributed=Parallelism(group.world_size, group.backend, prepared.shards)
             if group.active
             else None,
@@ -330,9 +332,13 @@ def _budget(setting: Sourced) -> int:
 
 
 def operator_for(
-    prepared: Prepared, *, chunk_size: int | None = DEFAULT_CHUNK
+    prepared: Prepared, *, chunk_size: int | None = DEFAULT_CHUNK, columns: int = 1
 ) -> CurvatureOperator:
-    """The curvature operator over the selected layers' trainable parameters, one block each."""
+    """The curvature operator over the selected layers' trainable parameters, one block each.
+
+    Its memory plan covers products of up to ``columns`` columns per data pass; the algorithm
+    then reserves what it keeps (:meth:`CurvatureOperator.reserve`).
+    """
     trainable = {n for n, p in prepared.problem.model.named_parameters() if p.requires_grad}
     blocks = [
         (layer.name, [p for p in layer.parameters if p in trainable])
@@ -368,7 +374,7 @@ def operator_for(
     largest = max(batch.size for batch in prepared.shard.batches)
     asked = (min(op.micro_batch, largest), op.chunk_size)
     fixed = settings["micro_batch"].value is not None
-    plan = op.fit_memory(budget, source, fixed_micro_batch=fixed)
+    plan = op.fit_memory(budget, source, fixed_micro_batch=fixed, columns=columns)
     level = logging.INFO if (plan.micro_batch, plan.chunk_size) != asked else logging.DEBUG
     log.log(level, "memory plan: %s", plan.describe())
     prepared.operators.append(op)

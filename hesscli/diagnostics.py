@@ -55,6 +55,10 @@ MAX_STEPS = 300
 KEEP_PRODUCTS_BYTES = 1 << 30
 #: ``trace``: without a budget, exact below this many parameters.
 EXACT_TRACE_PARAMETERS = 64
+#: ``trace``: products at most when the user gives no budget (the target may stop it sooner).
+#: About 200 gradients' worth: minutes on a 22M-parameter transformer on a 2-core CPU, with a
+#: standard error reported; ``--products`` buys more.
+DEFAULT_TRACE_PRODUCTS = 100
 #: ``diag`` in auto mode: layers needing more unit columns than this are estimated instead.
 UNIT_COLUMNS_LIMIT = 4096
 TRACE_METHODS = ("auto", "exact", "hutch++", "hutchinson")
@@ -260,23 +264,20 @@ def run_trace(
             products=diagonal.products,
         )
     else:
-        if products is not None and sketch is None and method != "hutchinson":
-            sketch = min(16, max(0, (products - 8) // 3))
+        budget = products or DEFAULT_TRACE_PRODUCTS
+        if sketch is None and method != "hutchinson":
+            sketch = min(16, max(0, (budget - 8) // 3))
         traces = _estimate_trace(
             op.matmat,
             op.size,
-            products=products,
+            products=budget,
             target=target,
             sketch=0 if method == "hutchinson" else sketch,
             blocks=[(b.start, b.stop) for b in blocks],
             generator=_generator(prepared.settings["seed"].value),
             dtype=op.dtype,
             device=op.device,
-            on_step=lambda done, total: (
-                progress("Hutch++ probes", done, total)
-                if products
-                else progress("Hutch++ probes (until the target)", done, 0)
-            ),
+            on_step=lambda done, total: progress("Hutch++ probes", done, total),
         )
     results = TraceResults(
         trace=_trace(traces.total, op.size),
@@ -286,7 +287,7 @@ def run_trace(
         probes=traces.probes,
         sketch=traces.sketch,
         target=None if exact else target,
-        budget=products,
+        budget=None if exact else products or DEFAULT_TRACE_PRODUCTS,
         engine=_engine(op),
     )
     options = {"products": products, "target_error": target, "method": method}

@@ -63,12 +63,15 @@ class MemoryUse:
         source: ``--max-memory`` or ``automatic: ...``.
         estimate: Predicted peak bytes of one product pass.
         sample_bytes: Bytes autograd saves per sample (measured on the first micro-batch).
+        reserve: Bytes the algorithm keeps besides the products (Lanczos vectors, probes,
+            sketches, diagonals), within the budget.
     """
 
     budget: int
     source: str
     estimate: int
     sample_bytes: int
+    reserve: int = 0
 
 
 @dataclass(frozen=True)

@@ -575,14 +575,24 @@ def test_trace_spends_exactly_the_budget_without_a_target(run):
 
 
 def test_trace_hutchpp_stops_on_the_target(run):
-    document = run("digits_mlp", "trace", *MLP, "--method", "hutch++")
+    # The default budget (100 products) is too small for 1 % here; a larger one stops early.
+    document = run("digits_mlp", "trace", *MLP, "--method", "hutch++", "--products", "5000")
     results = document["results"]
     assert results["stopped"] == "target" and results["target"] == 0.01
     trace = results["trace"]
     assert trace["exact"] is False and 0 < trace["stderr"] <= 0.01 * abs(trace["value"])
-    assert document["cost"]["hvps"] > 0
+    assert 0 < document["cost"]["hvps"] < 5000
     total = sum(layer["value"] for layer in results["layers"].values())
     assert total == pytest.approx(trace["value"], rel=1e-9)
+
+
+def test_trace_default_budget_bounds_the_work_and_reports_its_error(run):
+    document = run("digits_mlp", "trace", *MLP, "--method", "hutch++")
+    results = document["results"]
+    assert results["budget"] == 100
+    assert results["stopped"] in ("budget", "target")
+    assert document["cost"]["hvps"] <= 100
+    assert results["trace"]["stderr"] > 0
 
 
 def test_trace_default_is_exact_when_every_layer_has_a_fast_diagonal(run, mlp_truth):

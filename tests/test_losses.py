@@ -8,8 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from hesscli.engine.output_curvature import output_hessian_of
 from hesscli.errors import LossError
-from hesscli.loading.losses import BUILTIN_LOSSES, check_fit, infer_loss_name, resolve_loss
+from hesscli.loading.losses import (
+    BUILTIN_LOSSES,
+    BuiltinLoss,
+    check_fit,
+    infer_loss_name,
+    resolve_loss,
+)
 
 HERE = Path(".")
 
@@ -82,3 +89,57 @@ def test_custom_loss_from_file(tmp_path):
 def test_unknown_loss_lists_builtins():
     with pytest.raises(LossError, match=r"unknown loss 'hinge'.*cross_entropy, mse"):
         resolve_loss("hinge", torch.zeros(2), base=HERE, how="option")
+
+
+def _reference(name: str):
+    """The loss each built-in must compute, written independently of hesscli."""
+    return {
+        "cross_entropy": F.cross_entropy,
+        "nll": F.nll_loss,
+        "mse": F.mse_loss,
+        "bce_with_logits": F.binary_cross_entropy_with_logits,
+        "huber": F.huber_loss,
+    }[name]
+
+
+def _loss_inputs(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(3)
+    outputs = 2 * torch.randn(6, 4, 3, generator=generator, dtype=torch.float64)
+    if name in {"cross_entropy", "nll"}:
+        targets = torch.randint(0, 4, (6, 3), generator=generator)
+        targets[0, 1] = targets[4, 2] = -100  # padding
+        return (outputs.log_softmax(1) if name == "nll" else outputs), targets
+    return outputs, torch.rand(6, 4, 3, generator=generator, dtype=torch.float64)
+
+
+@pytest.mark.parametrize("name", list(BUILTIN_LOSSES))
+def test_builtins_compute_the_same_loss_and_gradients_as_torch(name):
+    outputs, targets = _loss_inputs(name)
+    ours = outputs.clone().requires_grad_(True)
+    theirs = outputs.clone().requires_grad_(True)
+    value, reference = BUILTIN_LOSSES[name](ours, targets), _reference(name)(theirs, targets)
+    assert torch.allclose(value, reference, rtol=1e-14, atol=0)
+    (g,) = torch.autograd.grad(value, ours)
+    (expected,) = torch.autograd.grad(reference, theirs)
+    assert torch.allclose(g, expected, rtol=1e-13, atol=1e-17)
+
+
+@pytest.mark.parametrize("name", ["cross_entropy", "nll", "bce_with_logits"])
+def test_builtins_that_are_torch_functions_stay_them_exactly(name):
+    """Wrapping a torch function for its closed form changes neither values nor the graph."""
+    outputs, targets = _loss_inputs(name)
+    value = BUILTIN_LOSSES[name](outputs.requires_grad_(True), targets)
+    reference = _reference(name)(outputs, targets.to(outputs.dtype) if name[0] == "b" else targets)
+    assert torch.equal(value, reference)
+    assert type(value.grad_fn) is type(reference.grad_fn)
+
+
+@pytest.mark.parametrize("name", list(BUILTIN_LOSSES))
+def test_builtins_carry_their_closed_form_output_hessian(name):
+    loss = BUILTIN_LOSSES[name]
+    assert isinstance(loss, BuiltinLoss)
+    closed = output_hessian_of(loss)
+    assert closed is not None
+    outputs, targets = _loss_inputs(name)
+    assert closed(outputs, targets).shape == (6, 12, 12)
+    assert resolve_loss(name, targets, base=HERE, how="option").fn is loss

@@ -2,11 +2,15 @@
 
 A product's peak memory grows with the micro-batch b (activations of the forward pass and of
 its derivatives) and with the vmap chunk c (tangents and products, each the size of the
-parameters, and the batched tangent activations). Neither changes the result, so both are
-picked to fit a budget: ``--max-memory``, or by default half the free memory. The model of the
-peak is measured, not guessed: the bytes autograd saves for one sample come from a real
-forward and backward on the first micro-batch. The operator still recovers from an actual
-out-of-memory error by halving c, then b.
+parameters, and the batched tangent activations). Both are picked to fit a budget:
+``--max-memory``, or by default half of the device's memory (80 % on CUDA). The default is a
+share of the *total* memory, not of the memory free at the moment: the micro-batch decides the
+order of the sums, so sizing it by a reading of the free memory would make the same inputs give
+different bits from run to run. The free memory is a gate instead (:func:`check_free`): a plan
+that does not fit in what is free now is refused up front with one line, never killed later.
+The model of the peak is measured, not guessed: the bytes autograd saves for one sample come
+from a real forward and backward on the first micro-batch. The operator still recovers from an
+actual out-of-memory error by halving c, then b.
 """
 
 from __future__ import annotations
@@ -50,6 +54,13 @@ FIXED_COPIES = 3
 #: Saved activations per sample, relative to one backward: primal and gradient graph; and
 #: per sample and column: forward and backward tangents.
 ACTIVATIONS_PER_SAMPLE, ACTIVATIONS_PER_SAMPLE_COLUMN = 2, 2
+#: Reverse route: the kept graph of the gradient (forward activations and the backward's own)
+#: and the double backward's transient activations, per sample, relative to one backward.
+REVERSE_ACTIVATIONS_PER_SAMPLE = 4
+#: Reverse route: copies of the parameters alive during one column (its product, pieces).
+REVERSE_COPIES = 2
+#: Copies of the parameters per column a pass carries: tangents, products, flat sums.
+COLUMN_BUFFERS = 3
 #: Samples the activation measurement runs (two sizes give bytes per sample).
 _MEASURE_SAMPLES = 8
 
@@ -133,11 +144,53 @@ def free_bytes(device: torch.device) -> int:
         return 4 << 30
 
 
+def total_bytes(device: torch.device) -> int:
+    """All memory of ``device``: the CUDA device's, or the machine's physical memory."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[1])
+    try:
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 << 30
+
+
+def ranks_here() -> int:
+    """Processes of this run on this machine (torchrun's ``LOCAL_WORLD_SIZE``)."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def automatic_budget(device: torch.device) -> int:
-    """A share of the free memory, split between the ranks that share this machine."""
-    ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    """A share of the device's total memory, split between the ranks that share this machine.
+
+    The total, not the free memory: the budget sizes micro-batches, and so must not change
+    between two runs of the same inputs (see the module docstring).
+    """
     share = AUTOMATIC_SHARE.get(device.type, 0.5)
-    return int(free_bytes(device) * share / max(1, ranks_here))
+    return int(total_bytes(device) * share / ranks_here())
+
+
+def check_free(needed: int, device: torch.device, *, source: str) -> None:
+    """Refuse up front a run that needs more than this rank's share of the free memory.
+
+    Raises:
+        MemoryLimitError: naming the size needed, what is free, and ``--max-memory``.
+    """
+    free = free_bytes(device) // ranks_here()
+    if needed <= free:
+        return
+    raise MemoryLimitError(
+        f"this run needs about {format_size(needed)} on {device} ({source}) and only "
+        f"{format_size(free)} is free now",
+        f"free some memory, or pass --max-memory {format_size(free).replace(' ', '')} to size "
+        "the run to what is free (smaller micro-batches, fewer Lanczos vectors)",
+    )
 
 
 @dataclass(frozen=True)
@@ -152,6 +205,7 @@ class MemoryPlan:
         estimate: Predicted peak bytes of one product pass at these sizes.
         parameter_bytes: Bytes of one copy of the differentiated parameters.
         sample_bytes: Bytes autograd saves per sample in one forward and backward (measured).
+        reserve: Bytes set aside for the algorithm (Lanczos vectors, probes, sketches).
     """
 
     budget: int
@@ -161,21 +215,45 @@ class MemoryPlan:
     estimate: int
     parameter_bytes: int
     sample_bytes: int
+    reserve: int = 0
 
     def describe(self) -> str:
         """One line for the run's plan."""
+        kept = f" + {format_size(self.reserve)} of vectors" if self.reserve else ""
         return (
             f"micro-batch {self.micro_batch}, {self.chunk_size} columns per vmap call, "
-            f"≈{format_size(self.estimate)} peak of {format_size(self.budget)} ({self.source})"
+            f"≈{format_size(self.estimate)} peak{kept} of {format_size(self.budget)} "
+            f"({self.source})"
         )
 
 
-def peak_estimate(parameter_bytes: int, sample_bytes: int, micro_batch: int, chunk: int) -> int:
-    """Predicted peak bytes of a pass with micro-batch ``micro_batch`` and vmap chunk ``chunk``."""
+def peak_estimate(
+    parameter_bytes: int,
+    sample_bytes: int,
+    micro_batch: int,
+    chunk: int,
+    *,
+    vmapped: bool = True,
+    columns: int = 0,
+) -> int:
+    """Predicted peak bytes of a pass with micro-batch ``micro_batch`` and vmap chunk ``chunk``.
+
+    ``vmapped``: the forward route, whose ``chunk`` columns run at once; the reverse route takes
+    one column at a time through the kept gradient graph, so its peak does not grow with the
+    chunk. ``columns``: the columns one pass carries (their tangents, products and sums).
+    """
+    buffers = COLUMN_BUFFERS * columns * parameter_bytes
+    if not vmapped:
+        return (
+            (FIXED_COPIES + REVERSE_COPIES) * parameter_bytes
+            + REVERSE_ACTIVATIONS_PER_SAMPLE * micro_batch * sample_bytes
+            + buffers
+        )
     return (
         (FIXED_COPIES + COPIES_PER_COLUMN * chunk) * parameter_bytes
         + ACTIVATIONS_PER_SAMPLE * micro_batch * sample_bytes
         + ACTIVATIONS_PER_SAMPLE_COLUMN * micro_batch * chunk * sample_bytes
+        + buffers
     )
 
 
@@ -204,10 +282,13 @@ def plan_memory(
     chunk_size: int,
     fixed_micro_batch: bool,
     samples: int,
+    vmapped: bool = True,
+    columns: int = 0,
 ) -> MemoryPlan:
     """The largest micro-batch and chunk (at most the ones asked for) whose peak fits.
 
-    Halves the chunk down to 4, then the micro-batch down to 1, then the chunk down to 1.
+    Halves the chunk down to 4, then the micro-batch down to 1, then the chunk down to 1 (the
+    chunk only for the ``vmapped`` forward route; ``columns`` as in :func:`peak_estimate`).
 
     Raises:
         MemoryLimitError: when an explicit budget is below the smallest possible run.
@@ -230,20 +311,23 @@ def plan_memory(
     asked = min(micro_batch, samples)  # a micro-batch never exceeds the largest batch
     b, c = asked, chunk_size
 
-    def fits(b: int, c: int) -> bool:
-        return peak_estimate(params, per_sample, b, c) <= budget
+    def peak(b: int, c: int) -> int:
+        return peak_estimate(params, per_sample, b, c, vmapped=vmapped, columns=columns)
 
-    while not fits(b, c) and c > 4:
+    def fits(b: int, c: int) -> bool:
+        return peak(b, c) <= budget
+
+    while vmapped and not fits(b, c) and c > 4:
         c //= 2
     while not fits(b, c) and b > 1 and not fixed_micro_batch:
         b = (b + 1) // 2
-    while not fits(b, c) and c > 1:
+    while vmapped and not fits(b, c) and c > 1:
         c //= 2
     while b < asked and not fixed_micro_batch and fits(min(2 * b, asked), c):
         b = min(2 * b, asked)  # a smaller chunk may leave room for more samples
-    estimate = peak_estimate(params, per_sample, b, c)
+    estimate = peak(b, c)
     if estimate > budget:
-        least = peak_estimate(params, per_sample, b if fixed_micro_batch else 1, 1)
+        least = peak(b if fixed_micro_batch else 1, 1)
         smallest = format_size(least)
         if source == "--max-memory":
             raise MemoryLimitError(

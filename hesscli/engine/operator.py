@@ -23,10 +23,9 @@ the seed 3→4→5 network (the loss is the mean over all samples, whatever the 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -41,7 +40,15 @@ from hesscli.engine.functional import (
     to_device,
 )
 from hesscli.engine.layout import Block, Layout
-from hesscli.engine.memory import MemoryPlan, is_out_of_memory, plan_memory, release_cached
+from hesscli.engine.memory import (
+    MemoryPlan,
+    check_free,
+    format_size,
+    is_out_of_memory,
+    plan_memory,
+    release_cached,
+    total_bytes,
+)
 from hesscli.engine.params import list_layers
 from hesscli.engine.products import Apply, LossFn, MicroBatchLoss
 from hesscli.engine.routes import (
@@ -322,7 +329,7 @@ class CurvatureOperator:
             for index, (first, part, weight) in enumerate(
                 micro_batches(self.dataset, self.micro_batch, self.weighting)
             ):
-                apply = self._apply(index, part, batches)
+                apply = self._apply(index, part)
                 for (block, vectors), total, count in zip(tangents, totals, counts, strict=True):
                     if not count:
                         continue
@@ -363,41 +370,91 @@ class CurvatureOperator:
     def _largest_batch(self) -> int:
         return max(b.size for b in self.dataset.batches)
 
-    def fit_memory(self, budget: int, source: str, *, fixed_micro_batch: bool) -> MemoryPlan:
+    def fit_memory(
+        self,
+        budget: int,
+        source: str,
+        *,
+        fixed_micro_batch: bool,
+        columns: int = 1,
+        reserve: int = 0,
+    ) -> MemoryPlan:
         """Size micro-batches and vmap chunks to ``budget`` bytes, from a measured forward.
 
-        Keeps a micro-batch the user fixed (only the chunk then adapts) and caches gradient
-        graphs only in what the plan leaves free.
+        Planned for the route the rule takes (double backward for ``auto``). Keeps a
+        micro-batch the user fixed (only the chunk then adapts), leaves ``reserve`` bytes to
+        the algorithm (its Lanczos basis, probes, diagonals), and caches gradient graphs only in
+        what is left. The result does not depend on the free memory of the moment; a plan that
+        does not fit in it is refused up front (:func:`~.memory.check_free`).
+
+        Args:
+            budget: Bytes the whole run may use.
+            source: Where the budget comes from, for messages.
+            fixed_micro_batch: Whether the user fixed the micro-batch.
+            columns: Columns one data pass carries at most.
+            reserve: Bytes the algorithm keeps besides the products.
         """
         first = next(iter(micro_batches(self.dataset, self._largest_batch(), self.weighting)))
         with math_attention():  # the kernel the products will use saves what it saves
-            plan = self._plan(first[1], budget, source, fixed_micro_batch)
+            mb = self._micro_batch_loss(first[1])
+            # The route the rule will take (the check runs with the first product, so a run
+            # that needs none pays nothing); a forward fallback is resized by _shrink.
+            route = self.route.route if self.route is not None else METHODS[self.method]
+            plan = plan_memory(
+                mb,
+                budget=max(1, budget - reserve),
+                source=source,
+                micro_batch=self.micro_batch,
+                chunk_size=self.chunk_size or DEFAULT_CHUNK,
+                fixed_micro_batch=fixed_micro_batch,
+                samples=self._largest_batch(),
+                vmapped=route == FORWARD,
+                columns=columns,
+            )
+        if reserve >= budget:
+            raise MemoryLimitError(
+                f"the algorithm alone needs {format_size(reserve)}, more than the "
+                f"{format_size(budget)} budget ({source})",
+                "raise --max-memory, or ask for less (fewer steps, probes or layers)",
+            )
         self.micro_batch, self.chunk_size = plan.micro_batch, plan.chunk_size
-        self.cache_bytes = min(self.cache_bytes, max(0, budget - plan.estimate))
-        self.memory = plan
-        return plan
+        self.memory = replace(plan, budget=budget)
+        self.reserve(reserve)
+        return self.memory
 
-    def _plan(self, part: object, budget: int, source: str, fixed_micro_batch: bool) -> MemoryPlan:
-        return plan_memory(
-            self._micro_batch_loss(part),
-            budget=budget,
-            source=source,
-            micro_batch=self.micro_batch,
-            chunk_size=self.chunk_size or DEFAULT_CHUNK,
-            fixed_micro_batch=fixed_micro_batch,
-            samples=self._largest_batch(),
-        )
+    def spare_bytes(self) -> int:
+        """Bytes of the budget the products leave to the algorithm (and the graph cache)."""
+        if self.memory is None:
+            return total_bytes(self.device) // 4
+        return max(0, self.memory.budget - self.memory.estimate)
 
-    def _apply(self, index: int, part: object, batches: int) -> Apply:
+    def reserve(self, size: int) -> None:
+        """Set ``size`` bytes of the budget aside for the algorithm's own vectors.
+
+        The gradient-graph cache gets only what is left, and a plan that no longer fits in the
+        free memory is refused now, before any product (:func:`~.memory.check_free`).
+        """
+        if self.memory is None:
+            return
+        self.memory = replace(self.memory, reserve=size)
+        self.cache_bytes = min(self.cache_bytes, max(0, self.spare_bytes() - size))
+        check_free(self.memory.estimate + size, self.device, source=self.memory.source)
+
+    def _check_once(self, mb: MicroBatchLoss) -> None:
+        """Refuse a random loss before any product is spent on it (once per operator)."""
+        if not self._checked:
+            single = self.num_micro_batches == 1 and not self.group.active
+            check_modules(self.model, single_batch=single)
+            check_repeatable(check_slice(mb))
+            self._checked = True
+
+    def _apply(self, index: int, part: object) -> Apply:
         """The product closure of micro-batch ``index``: cached, or built by the checked route."""
         cached = self._cache.get(index)
         if cached is not None:
             return cached
         mb = self._micro_batch_loss(part)
-        if not self._checked:
-            check_modules(self.model, single_batch=batches == 1 and not self.group.active)
-            check_repeatable(check_slice(mb))
-            self._checked = True
+        self._check_once(mb)
         if self.route is None:
             self.route = self._choose_route(mb)
         apply, graph_bytes = build(self.kind, self.route.route, mb, chunk_size=self.chunk_size)
@@ -445,15 +502,8 @@ class CurvatureOperator:
 
 
 def _default_cache_bytes(device: torch.device) -> int:
-    """A quarter of the free memory of ``device`` (of physical memory on the CPU)."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        return free // 4
-    try:
-        pages, page = os.sysconf("SC_AVPHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 1 << 30
-    return pages * page // 4
+    """A quarter of the total memory of ``device`` (a plan lowers it to what it leaves free)."""
+    return total_bytes(device) // 4
 
 
 def _first_line(exc: BaseException) -> str:

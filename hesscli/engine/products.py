@@ -102,14 +102,15 @@ def hessian_reverse(mb: MicroBatchLoss) -> Apply:
             found: dict[int, torch.Tensor] = {}
             if wanted:  # else the loss is linear in these variables: H_SS = 0
                 pieces = torch.autograd.grad(
-                    [gradients[i] for i in wanted],
+                    _inner([gradients[i] for i in wanted], [block[names[i]][k] for i in wanted]),
                     [leaves[i] for i in wanted],
-                    grad_outputs=[block[names[i]][k] for i in wanted],
                     retain_graph=True,
                     allow_unused=True,
                 )
                 found = {i: p for i, p in zip(wanted, pieces, strict=True) if p is not None}
-            columns.append([found.get(i, torch.zeros_like(leaves[i])) for i in subset])
+            columns.append(
+                [found[i] if i in found else torch.zeros_like(leaves[i]) for i in subset]
+            )
         return {names[i]: _stack([c[j] for c in columns], leaves[i]) for j, i in enumerate(subset)}
 
     return apply
@@ -162,17 +163,18 @@ def ggn_reverse(mb: MicroBatchLoss) -> Apply:
                 columns.append([torch.zeros_like(leaf) for leaf in targets])
                 continue
             (jv,) = torch.autograd.grad(  # v_S → J_S·v_S
-                [transposed[i] for i in wanted],
+                _inner([transposed[i] for i in wanted], [block[names[i]][k] for i in wanted]),
                 dummy,
-                grad_outputs=[block[names[i]][k] for i in wanted],
                 retain_graph=True,
             )
             if output_gradient.requires_grad:  # → H_out·J_S·v_S
-                (hjv,) = torch.autograd.grad(output_gradient, detached, jv, retain_graph=True)
+                (hjv,) = torch.autograd.grad(
+                    _inner([output_gradient], [jv]), detached, retain_graph=True
+                )
             else:  # a loss linear in the outputs has H_out = 0
                 hjv = torch.zeros_like(jv)
             column = torch.autograd.grad(  # → J_Sᵀ·H_out·J_S·v_S
-                outputs, targets, grad_outputs=hjv, retain_graph=True, allow_unused=True
+                _inner([outputs], [hjv]), targets, retain_graph=True, allow_unused=True
             )
             columns.append(
                 [
@@ -231,6 +233,19 @@ def finite_difference(mb: MicroBatchLoss, kind: str) -> Apply:
         return {n: _stack([c[n] for c in columns], block[n][0]) for n in block}
 
     return apply
+
+
+def _inner(tensors: list[torch.Tensor], vectors: list[torch.Tensor]) -> torch.Tensor:
+    """Σ ⟨tᵢ, vᵢ⟩, whose gradient is the vector-Jacobian product with the vᵢ.
+
+    The same numbers as ``grad_outputs=vectors`` (the backward of a sum and a product multiplies
+    by exactly 1 and vᵢ), without the symbolic-shape machinery (sympy, about a second to
+    import) that torch loads on the first call with ``grad_outputs``.
+    """
+    total = (tensors[0] * vectors[0]).sum()
+    for tensor, vector in zip(tensors[1:], vectors[1:], strict=True):
+        total = total + (tensor * vector).sum()
+    return total
 
 
 def _filled(variables: Params, block: Params) -> Params:

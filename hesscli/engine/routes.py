@@ -167,8 +167,8 @@ class _Attempt:
 def _attempt(kind: str, route: str, mb: MicroBatchLoss, probe: Params) -> _Attempt:
     """The route's products of ``probe`` on ``mb``, or the first line of why it cannot run."""
     start = time.perf_counter()
-    try:
-        apply, _ = build(kind, route, mb, chunk_size=None)
+    try:  # one column per vmap call: the check must not need more memory than the products
+        apply, _ = build(kind, route, mb, chunk_size=1)
         product = apply(probe)
     except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
         if is_out_of_memory(exc):  # the operator retries smaller; not a missing rule

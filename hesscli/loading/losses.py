@@ -3,6 +3,11 @@
 Every loss returns the **mean** over the samples of its batch, so the engine can weight
 micro-batches by their size (DESIGN.md: L = (1/N) Σₙ ℓ(f(xₙ), yₙ)). For ``mse``, ``huber`` and
 ``bce_with_logits`` the per-sample loss is the mean over that sample's output elements.
+
+Each built-in is a :class:`BuiltinLoss`: calling it runs the plain function (same values, same
+autograd graph), and it carries its closed-form Hessian with respect to the model outputs
+(``output_hessian``, the protocol of :mod:`hesscli.engine.output_curvature`), which spares the
+exact layer diagonals differentiating the loss twice.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from hesscli.engine import output_curvature
 from hesscli.errors import LossError
 from hesscli.loading.imports import looks_like_spec, parse_spec, resolve_object
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 #: Targets equal to this are padding: ``F.cross_entropy`` and ``F.nll_loss`` ignore them.
-IGNORE_INDEX = -100
+IGNORE_INDEX = output_curvature.IGNORE_INDEX
 NORMALISATIONS = ("auto", "samples", "tokens")
 
 
@@ -40,12 +46,32 @@ def _bce_with_logits(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     return F.binary_cross_entropy_with_logits(outputs, targets.to(outputs.dtype))
 
 
+@dataclass(frozen=True)
+class BuiltinLoss:
+    """A built-in loss with its closed-form Hessian with respect to the model outputs.
+
+    Attributes:
+        function: ``function(outputs, targets)`` → mean loss over the batch; calling the
+            object calls it and nothing else.
+        output_hessian: ``output_hessian(outputs, targets)`` → the ``(b, m, m)`` per-sample
+            Hessians of that mean with respect to the outputs (``None`` for shapes it does not
+            cover); see :mod:`hesscli.engine.output_curvature`.
+    """
+
+    function: LossFn
+    output_hessian: output_curvature.OutputHessian
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The mean loss of the batch."""
+        return self.function(outputs, targets)
+
+
 BUILTIN_LOSSES: dict[str, LossFn] = {
-    "cross_entropy": F.cross_entropy,
-    "mse": _mse,
-    "nll": F.nll_loss,
-    "bce_with_logits": _bce_with_logits,
-    "huber": _huber,
+    "cross_entropy": BuiltinLoss(F.cross_entropy, output_curvature.cross_entropy_hessian),
+    "mse": BuiltinLoss(_mse, output_curvature.mse_hessian),
+    "nll": BuiltinLoss(F.nll_loss, output_curvature.nll_hessian),
+    "bce_with_logits": BuiltinLoss(_bce_with_logits, output_curvature.bce_with_logits_hessian),
+    "huber": BuiltinLoss(_huber, output_curvature.huber_hessian),
 }
 _ALIASES = {"ce": "cross_entropy", "crossentropy": "cross_entropy", "bce": "bce_with_logits"}
 

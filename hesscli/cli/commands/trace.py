@@ -44,8 +44,8 @@ def trace(
         typer.Option(
             "--products",
             min=1,
-            help="Budget of curvature-vector products (sketch included). Default: none, run "
-            "until --target-error.",
+            help="Budget of curvature-vector products (sketch included); --target-error may "
+            "stop sooner. Default: 100.",
             rich_help_panel=_PANEL,
         ),
     ] = None,
