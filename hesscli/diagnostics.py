@@ -27,8 +27,9 @@ from hesscli.algorithms.trace import (
 from hesscli.analysis import Request, operator_for, prepare, report_for
 from hesscli.engine.diagonal import exact_diagonal, has_fast_route
 from hesscli.engine.layout import Block
+from hesscli.engine.memory import format_size
 from hesscli.engine.operator import CurvatureOperator
-from hesscli.errors import ConfigError
+from hesscli.errors import ConfigError, MemoryLimitError
 from hesscli.results import (
     Cost,
     DiagonalEntry,
@@ -59,7 +60,9 @@ EXACT_TRACE_PARAMETERS = 64
 #: About 200 gradients' worth: minutes on a 22M-parameter transformer on a 2-core CPU, with a
 #: standard error reported; ``--products`` buys more.
 DEFAULT_TRACE_PRODUCTS = 100
-#: ``diag`` in auto mode: layers needing more unit columns than this are estimated instead.
+#: ``diag`` in auto mode: unit columns all layers together may spend (and output-space products
+#: one layer may spend per micro-batch) before the remaining layers are estimated instead. A
+#: product costs about as much as two gradients, so exact stays a matter of minutes at most.
 UNIT_COLUMNS_LIMIT = 4096
 TRACE_METHODS = ("auto", "exact", "hutch++", "hutchinson")
 DIAG_MODES = ("auto", "exact", "estimate")
@@ -113,6 +116,47 @@ def _cost(op: CurvatureOperator, start: float, output_space: int = 0) -> Cost:
         check_hvps=op.counters.check_products,
         output_space_products=output_space,
     )
+
+
+#: Probes per data pass of the trace and diagonal estimates (fewer when memory is short).
+PROBE_BATCH = 8
+
+
+@dataclass(frozen=True)
+class ProbingSizes:
+    """Sketch columns and probes per pass that fit the memory plan (see :func:`probing_sizes`)."""
+
+    sketch: int
+    batch: int
+
+
+def probing_sizes(
+    op: CurvatureOperator, *, sketch: int, batch: int = PROBE_BATCH, float64_vectors: int = 0
+) -> ProbingSizes:
+    """The sketch and probe batch of a Hutch++/Diag++ run, cut to what the budget leaves.
+
+    The run keeps the sketch twice (Q and C·Q), a batch of probes four times (probes, deflated,
+    products, samples), and ``float64_vectors`` parameter-length float64 accumulators; all of it
+    is reserved in the operator's plan, so the graph cache only gets the rest.
+
+    Raises:
+        MemoryLimitError: when not even one probe fits.
+    """
+    vector = op.size * op.dtype.itemsize
+    room = (op.spare_bytes() - float64_vectors * op.size * 8) // vector
+    batch = max(1, min(batch, room // 8))
+    sketch = max(0, min(sketch, (room - 4 * batch) // 2))
+    needed = (2 * sketch + 4 * batch) * vector + float64_vectors * op.size * 8
+    if room < 4:
+        assert op.memory is not None
+        raise MemoryLimitError(
+            f"the probes need {format_size(needed)} beside the products' "
+            f"{format_size(op.memory.estimate)}, more than the {format_size(op.memory.budget)} "
+            f"budget ({op.memory.source})",
+            "raise --max-memory, or select fewer layers (--layer)",
+        )
+    op.reserve(needed)
+    return ProbingSizes(sketch, batch)
 
 
 def _generator(seed: object) -> torch.Generator:
@@ -240,7 +284,7 @@ def run_trace(
     _positive(target, "--target-error")
     start = time.perf_counter()
     prepared = prepare(request, layer_patterns=layer_patterns)
-    op = operator_for(prepared)
+    op = operator_for(prepared, columns=PROBE_BATCH)
     blocks = list(op.blocks)
     output_space = 0
     # auto: exact when that is cheap — few parameters, or every layer has a fast exact diagonal
@@ -267,12 +311,14 @@ def run_trace(
         budget = products or DEFAULT_TRACE_PRODUCTS
         if sketch is None and method != "hutchinson":
             sketch = min(16, max(0, (budget - 8) // 3))
+        sizes = probing_sizes(op, sketch=0 if method == "hutchinson" else sketch or 0)
         traces = _estimate_trace(
             op.matmat,
             op.size,
             products=budget,
             target=target,
-            sketch=0 if method == "hutchinson" else sketch,
+            sketch=sizes.sketch,
+            batch=sizes.batch,
             blocks=[(b.start, b.stop) for b in blocks],
             generator=_generator(prepared.settings["seed"].value),
             dtype=op.dtype,
@@ -369,6 +415,7 @@ def layer_diagonals(
             op,
             seed=seed,
             unit_columns_limit=UNIT_COLUMNS_LIMIT if mode == "auto" else None,
+            output_space_limit=UNIT_COLUMNS_LIMIT if mode == "auto" else None,
             progress=lambda done, total: progress("exact diagonal, layer by layer", done, total),
         )
         output_space = diagonal.output_products
@@ -390,10 +437,13 @@ def layer_diagonals(
         estimated = [b for b in op.blocks if b.name not in diagonal.values]
     total = Trace(exact_sum, 0.0, True, 0.0, op.size)
     if estimated:
+        sizes = probing_sizes(op, sketch=products // 3, float64_vectors=3)
         guess = estimate_diagonal(
             op.matmat,
             op.size,
             products=products,
+            sketch=sizes.sketch,
+            batch=sizes.batch,
             blocks=[(b.start, b.stop) for b in op.blocks],
             generator=_generator(seed),
             dtype=op.dtype,
@@ -442,10 +492,10 @@ def run_diag(
 ) -> Report:
     """Statistics of diag(C_ll) for every selected layer, exact where affordable.
 
-    ``auto``: exact by the layer's fast route when one applies, else by unit columns up to
-    :data:`UNIT_COLUMNS_LIMIT` per layer; larger layers are estimated (Diag++, ``products``
-    products shared by every estimated layer). ``exact``: always exact. ``estimate``: always
-    estimated.
+    ``auto``: exact by the layer's fast route when one applies, else by unit columns while all
+    layers together need at most :data:`UNIT_COLUMNS_LIMIT`; the other layers are estimated
+    (Diag++, ``products`` products shared by every estimated layer). ``exact``: always exact.
+    ``estimate``: always estimated.
     """
     if mode not in DIAG_MODES:
         raise ConfigError(f"unknown diagonal mode {mode!r}", f"use {', '.join(DIAG_MODES)}")
@@ -454,7 +504,7 @@ def run_diag(
     _positive(products, "--products")
     start = time.perf_counter()
     prepared = prepare(request, layer_patterns=layer_patterns)
-    op = operator_for(prepared)
+    op = operator_for(prepared, columns=PROBE_BATCH)
     seed = int(prepared.settings["seed"].value or 0)
     found = layer_diagonals(
         op, mode=mode, products=products, largest=largest, seed=seed, progress=progress

@@ -226,12 +226,14 @@ def _diagonal_plan(op: CurvatureOperator, products: int) -> tuple[int, int]:
     """(data passes, products) the diagonal phase will spend, by the route each layer takes."""
     passes = spent = 0
     estimated = False
+    columns_left = UNIT_COLUMNS_LIMIT
     for block in op.blocks:
         if has_fast_route(op, block):
             passes += 1
-        elif block.size <= UNIT_COLUMNS_LIMIT:
+        elif block.size <= columns_left:
             passes += -(-block.size // COLUMNS)
             spent += block.size
+            columns_left -= block.size
         else:
             estimated = True
     if estimated:

@@ -92,7 +92,7 @@ def estimate_diagonal(
         size: P.
         products: Budget; a third goes to the sketch (2k products) unless ``sketch`` is given.
         sketch: k (default ``products // 3`` halved to products, i.e. one third each phase).
-        batch: Probes per matmat call.
+        batch: Probes (and sketch columns) per matmat call.
         blocks: ``(start, stop)`` row blocks whose traces to keep from the same probes.
         generator: CPU generator.
         dtype: Dtype of the vectors handed to ``matmat``.
@@ -106,7 +106,13 @@ def estimate_diagonal(
             f"sketch of {k}"
         )
     probing = DeflatedProbing(
-        matmat, size, sketch=k, generator=generator, dtype=dtype, device=torch.device(device)
+        matmat,
+        size,
+        sketch=k,
+        generator=generator,
+        dtype=dtype,
+        device=torch.device(device),
+        columns=batch,
     )
     segments = Segments.of(size, blocks, device=probing.low_rank.device)
     total = torch.zeros(size, dtype=torch.float64, device=probing.low_rank.device)

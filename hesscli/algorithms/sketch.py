@@ -14,6 +14,11 @@ smaller norm; its diagonal is estimated with Rademacher probes g: E[g ∘ (Π⊥
 and Π⊥CΠ⊥g = Π⊥·C·(Π⊥g) costs one product. Summing entries over a block of rows gives that
 block's trace from the same probes (the trace of the whole is the sum over blocks). With k = 0
 this is plain Hutchinson (Bekas et al. 2007 for the diagonal).
+
+Parameter-length work (the sketch, its QR, the deflation) runs in the working dtype of the
+products: float64 copies of ``(P, k)`` matrices would cost more memory than the products
+themselves on a real model. Only per-entry results (``low_rank``) are float64; in float64 runs
+nothing changes.
 """
 
 from __future__ import annotations
@@ -44,6 +49,8 @@ class DeflatedProbing:
         generator: CPU generator for the sketch and the probes.
         dtype: Dtype of the vectors handed to ``matmat``.
         device: Their device.
+        columns: Most columns per ``matmat`` call while sketching (bounds the products'
+            memory; the result does not depend on it).
 
     Attributes:
         low_rank: ``(P,)`` float64 diagonal of ΠC + CΠ − ΠCΠ (zeros when k = 0).
@@ -59,6 +66,7 @@ class DeflatedProbing:
         generator: torch.Generator | None,
         dtype: torch.dtype,
         device: torch.device,
+        columns: int | None = None,
     ) -> None:
         self.matmat = matmat
         self.size = size
@@ -69,22 +77,35 @@ class DeflatedProbing:
         self.low_rank = torch.zeros(size, dtype=torch.float64, device=device)
         self._q: torch.Tensor | None = None
         if self.sketch:
-            y = matmat(rademacher(size, self.sketch, generator=generator, like=self._like))
-            q, _ = torch.linalg.qr(y.double())
-            z = matmat(q.to(dtype)).double()
-            m = q.T @ z
-            m = (m + m.T) / 2
-            self.low_rank = 2 * (q * z).sum(dim=1) - ((q @ m) * q).sum(dim=1)
+            step = columns or self.sketch
+            y = _chunked(
+                matmat, rademacher(size, self.sketch, generator=generator, like=self._like), step
+            )
+            q, _ = torch.linalg.qr(y)
+            del y
+            z = _chunked(matmat, q, step)
+            m = (q.T @ z).double()
+            m = ((m + m.T) / 2).to(dtype)
+            self.low_rank = (2 * (q * z).sum(dim=1)).double() - ((q @ m) * q).sum(dim=1).double()
             self._q = q
             self.products += 2 * self.sketch
 
     def probe(self, count: int) -> torch.Tensor:
-        """``count`` more probes → ``(P, count)`` float64 samples gᵢ·(Π⊥CΠ⊥g)ᵢ."""
-        g = rademacher(self.size, count, generator=self.generator, like=self._like).double()
-        deflated = self._deflate(g)
-        image = self._deflate(self.matmat(deflated.to(self._like.dtype)).double())
+        """``count`` more probes → ``(P, count)`` samples gᵢ·(Π⊥CΠ⊥g)ᵢ, in the working dtype."""
+        g = rademacher(self.size, count, generator=self.generator, like=self._like)
+        image = self._deflate(self.matmat(self._deflate(g)))
         self.products += count
         return g * image
 
     def _deflate(self, x: torch.Tensor) -> torch.Tensor:
         return x if self._q is None else x - self._q @ (self._q.T @ x)
+
+
+def _chunked(matmat: Matmat, columns: torch.Tensor, step: int) -> torch.Tensor:
+    """``matmat(columns)``, ``step`` columns per call, into one preallocated result."""
+    if columns.shape[1] <= step:
+        return matmat(columns)
+    out = torch.empty_like(columns)
+    for first in range(0, columns.shape[1], step):
+        out[:, first : first + step] = matmat(columns[:, first : first + step])
+    return out

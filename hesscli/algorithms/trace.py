@@ -153,7 +153,7 @@ def estimate_trace(
             the budget).
         sketch: k sketch columns (default: a third of the budget when only a budget is set,
             else 16; 0 gives plain Hutchinson).
-        batch: Probes per matmat call (one data pass each).
+        batch: Probes (and sketch columns) per matmat call (one data pass each).
         blocks: ``(start, stop)`` row blocks (layers).
         generator: CPU generator.
         dtype: Dtype of the vectors handed to ``matmat``.
@@ -175,7 +175,13 @@ def estimate_trace(
     device = torch.device(device)
     segments = Segments.of(size, blocks, device=device)
     probing = DeflatedProbing(
-        matmat, size, sketch=sketch, generator=generator, dtype=dtype, device=device
+        matmat,
+        size,
+        sketch=sketch,
+        generator=generator,
+        dtype=dtype,
+        device=device,
+        columns=batch,
     )
     base = segments.sum(probing.low_rank[:, None])[:, 0]
     samples: list[torch.Tensor] = []  # (S, count) per batch

@@ -44,6 +44,7 @@ from hesscli.engine.routes import (
     REVERSE,
     agreement_tolerance,
     build,
+    check_slice,
     relative_difference,
 )
 
@@ -100,6 +101,7 @@ def exact_diagonal(
     blocks: list[str] | None = None,
     seed: int = 0,
     unit_columns_limit: int | None = None,
+    output_space_limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> LayerDiagonals:
     """diag(C_ll) of every block in ``blocks`` (default: all), exact, fastest route first.
@@ -108,8 +110,10 @@ def exact_diagonal(
         op: The operator (its blocks are the layers).
         blocks: Block names (default: every block).
         seed: Seed of the random check vector.
-        unit_columns_limit: Leave out blocks that would need more unit columns than this
-            (their ``methods`` entry says so); ``None``: no limit.
+        unit_columns_limit: Unit columns all blocks together may spend (in order); blocks
+            beyond it are left out (their ``methods`` entry says so); ``None``: no limit.
+        output_space_limit: Output-space products per micro-batch a block may spend on its
+            second fast route; beyond it the block falls to unit columns.
         progress: Called as ``progress(blocks done, blocks)``.
     """
     start = time.perf_counter()
@@ -117,14 +121,19 @@ def exact_diagonal(
     result = LayerDiagonals()
     modules = dict(op.model.named_modules())
     before = op.counters.products
+    columns_left = unit_columns_limit
     for index, block in enumerate(wanted):
         try:
-            values, method, count = _agreed(op, block, modules.get(block.name), seed)
+            values, method, count = _agreed(
+                op, block, modules.get(block.name), seed, output_space_limit
+            )
             result.output_products += count
         except Unsupported as why:
-            if unit_columns_limit is not None and block.size > unit_columns_limit:
+            if columns_left is not None and block.size > columns_left:
                 result.methods[block.name] = f"left out ({why}; {block.size} unit columns)"
                 continue
+            if columns_left is not None:
+                columns_left -= block.size
             values, method = _unit_columns(op, block), f"{UNIT_COLUMNS} ({why})"
         result.values[block.name], result.methods[block.name] = values, method
         if progress is not None:
@@ -223,7 +232,11 @@ def _capture(mb: LayerOutputLoss) -> Traced:
 
 
 def _agreed(
-    op: CurvatureOperator, block: Block, module: nn.Module | None, seed: int
+    op: CurvatureOperator,
+    block: Block,
+    module: nn.Module | None,
+    seed: int,
+    output_space_limit: int | None = None,
 ) -> tuple[torch.Tensor, str, int]:
     """The fast route where every rank can take it (its checks run on local data), summed.
 
@@ -231,7 +244,7 @@ def _agreed(
     all of them take part in the same collective products.
     """
     try:
-        values, method, count = _fast(op, block, module, seed)
+        values, method, count = _fast(op, block, module, seed, output_space_limit)
         why = ""
     except Unsupported as exc:
         values, method, count, why = torch.empty(0), "", 0, str(exc)
@@ -242,7 +255,11 @@ def _agreed(
 
 
 def _fast(
-    op: CurvatureOperator, block: Block, module: nn.Module | None, seed: int
+    op: CurvatureOperator,
+    block: Block,
+    module: nn.Module | None,
+    seed: int,
+    output_space_limit: int | None = None,
 ) -> tuple[torch.Tensor, str, int]:
     linear = _eligible(op, block, module)
     weight = torch.zeros(linear.weight.shape, dtype=torch.float64, device=op.device)
@@ -251,6 +268,8 @@ def _fast(
     with math_attention():
         for index, (_first, base, scale) in enumerate(op.micro_batch_losses()):
             mb = _layer_losses(op, linear, base)
+            if index == 0 and not _gauss_newton_holds_on_a_slice(op, linear, base, seed):
+                method = OUTPUT_SPACE  # the downstream network has curvature of its own
             traced = _capture(mb)
             z = traced.z
             a = traced.a.reshape(z.shape[0], -1, traced.a.shape[-1]).double()
@@ -264,8 +283,14 @@ def _fast(
                     method = OUTPUT_SPACE
             del traced  # the downstream graph
             if method == OUTPUT_SPACE:
-                if positions * linear.out_features >= block.size:
+                needed = positions * linear.out_features
+                if needed >= block.size:
                     raise Unsupported("output-space products would cost more than unit columns")
+                if output_space_limit is not None and needed > output_space_limit:
+                    raise Unsupported(
+                        f"the Gauss–Newton factor does not hold, and output-space products "
+                        f"would take {needed} per micro-batch"
+                    )
                 w, b, n = _output_space(op, mb, z, a, check=index == 0, seed=seed)
             weight += scale * w
             bias += scale * b
@@ -274,6 +299,27 @@ def _fast(
     parts = {"weight": weight, "bias": bias}
     values = torch.cat([parts[name.rsplit(".", 1)[-1]].flatten() for name in _ordered(op, block)])
     return values, method, count
+
+
+def _gauss_newton_holds_on_a_slice(
+    op: CurvatureOperator, linear: nn.Linear, base: MicroBatchLoss, seed: int
+) -> bool:
+    """The Gauss–Newton factor's check on the first few samples (cheap where it fails).
+
+    Passing here is not enough: the whole first micro-batch is checked again. Failing here
+    spares the pullbacks and the check product over the whole micro-batch.
+    """
+    sliced = check_slice(base)
+    if sliced is base:
+        return True
+    mb = _layer_losses(op, linear, sliced)
+    traced = _capture(mb)
+    a = traced.a.reshape(traced.z.shape[0], -1, traced.a.shape[-1]).double()
+    try:
+        _gauss_newton(op, mb, traced, a, check=True, seed=seed)
+    except Unsupported:
+        return False
+    return True
 
 
 def _ordered(op: CurvatureOperator, block: Block) -> list[str]:

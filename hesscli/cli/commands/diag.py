@@ -44,7 +44,8 @@ def diag(
         typer.Option(
             "--exact/--estimate",
             help="Force the exact diagonal, or a Diag++ estimate. Default: exact where "
-            "affordable (a fast route, or at most 4096 unit columns per layer), else estimated.",
+            "affordable (a fast route, or at most 4096 unit columns for all layers together), "
+            "else estimated.",
             show_default=False,
             rich_help_panel=_PANEL,
         ),
