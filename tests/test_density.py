@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hesscli.algorithms.density import (
+    DensitySearch,
     Quadrature,
     default_sigma,
     grid_for,
@@ -174,3 +175,110 @@ def test_bad_arguments_are_refused() -> None:
     quadrature = _quadrature(a, probes=2, steps=3)
     with pytest.raises(ValueError, match="sigma"):
         smoothed(quadrature, torch.zeros(3, dtype=F64), 0.0)
+
+
+# -- bounded mode: no reorthogonalisation, two vectors per probe ---------------------------------
+def _bounded(a: torch.Tensor, probes: int, steps: int, seed: int = 1) -> Quadrature:
+    """SLQ keeping two vectors per probe; checks that the run never holds more."""
+    search = DensitySearch(
+        lambda v: a @ v,
+        a.shape[0],
+        probes=probes,
+        steps=steps,
+        max_basis=2,
+        generator=torch.Generator().manual_seed(seed),
+        dtype=F64,
+    )
+    while search.wants_more():
+        search.run.step()
+        assert len(search.run.basis) <= 2
+    (quadrature,) = search.result()
+    assert not quadrature.reorthogonalised and quadrature.steps == steps
+    return quadrature
+
+
+def test_bounded_mode_still_reproduces_the_moments_of_each_probe() -> None:
+    eigenvalues = _bulk_and_outliers()
+    a = _matrix(eigenvalues, 0)
+    size, probes, steps = a.shape[0], 4, 12
+    quadrature = _bounded(a, probes, steps, seed=3)
+    z = rademacher(size, probes, generator=torch.Generator().manual_seed(3), like=a)
+    q = z / math.sqrt(size)
+    scale = float(eigenvalues.abs().max())
+    power = q.clone()
+    for j in range(1, 2 * steps):
+        power = a @ power / scale
+        exact = (q * power).sum(dim=0)
+        quad = (quadrature.weights * (quadrature.nodes / scale).pow(j)).sum(dim=1)
+        torch.testing.assert_close(quad, exact, rtol=1e-9, atol=1e-12)
+
+
+def test_bounded_mode_ghosts_split_the_weight_of_an_outlier() -> None:
+    """Long runs repeat the converged top eigenvalue; the copies share its exact weight."""
+    eigenvalues = _bulk_and_outliers()
+    a = _matrix(eigenvalues, 0)
+    quadrature = _bounded(a, probes=3, steps=100, seed=2)
+    z = rademacher(400, 3, generator=torch.Generator().manual_seed(2), like=a)
+    values, vectors = torch.linalg.eigh(a)
+    top = (values - 30.0).abs() < 1e-9  # the outlier 30 is there twice
+    exact = ((vectors[:, top].T @ z).square().sum(dim=0) / 400).tolist()
+    near = (quadrature.nodes - 30.0).abs() < 1e-6
+    copies = near.sum(dim=1)
+    assert bool((copies >= 2).all()), copies  # ghosts: a plain recurrence finds it again
+    split = (quadrature.weights * near).sum(dim=1).tolist()
+    assert split == pytest.approx(exact, rel=1e-6)
+
+
+@pytest.mark.parametrize("threshold", [-0.3, 0.0, 0.2, 1.0, 5.0])
+def test_bounded_mass_below_matches_the_exact_histogram(threshold: float) -> None:
+    eigenvalues = _bulk_and_outliers()
+    quadrature = _bounded(_matrix(eigenvalues, 0), probes=24, steps=100)
+    exact = float((eigenvalues < threshold).double().mean())
+    value, stderr = mass_below(quadrature, threshold)
+    low, high = mass_bracket(quadrature, threshold)
+    assert low - 4 * stderr <= exact <= high + 4 * stderr, (low, exact, high, stderr)
+    assert abs(value - exact) <= (high - low) + 4 * stderr
+    assert high - low < 0.12
+
+
+def test_bounded_moments_and_smoothed_density_match_the_exact_spectrum() -> None:
+    eigenvalues = _bulk_and_outliers()
+    a = _matrix(eigenvalues, 0)
+    quadrature = _bounded(a, probes=32, steps=40)
+    for j in (1, 2, 3):
+        value, stderr = moment(quadrature, j)
+        exact = float(eigenvalues.pow(j).mean())
+        assert abs(value - exact) < 4 * stderr, (j, value, exact, stderr)
+        assert stderr < 0.2 * abs(exact)
+    quadrature = _bounded(a, probes=24, steps=80)
+    sigma = 20 * default_sigma(quadrature)
+    grid = grid_for(quadrature, sigma, 2000)
+    density, stderr = smoothed(quadrature, grid, sigma)
+    offsets = (grid[None, :] - eigenvalues[:, None]) / sigma
+    exact = (torch.exp(-0.5 * offsets.square()) / (sigma * math.sqrt(2 * math.pi))).mean(dim=0)
+    step = float(grid[1] - grid[0])
+    assert abs(float(density.sum()) * step - 1) < 1e-3
+    assert float((density - exact).abs().sum()) * step < 0.1
+    assert float(((density - exact).abs() <= 4 * stderr + 1e-3).double().mean()) > 0.95
+
+
+def test_bounded_blocks_get_their_own_densities() -> None:
+    left, right = torch.linspace(-1, 1, 50, dtype=F64), torch.linspace(2, 5, 70, dtype=F64)
+    a = torch.block_diag(_matrix(left, 1), _matrix(right, 2))
+    blocks = spectral_quadrature(
+        lambda v: a @ v,
+        120,
+        probes=6,
+        steps=60,
+        max_basis=2,
+        blocks=[(0, 50), (50, 120)],
+        generator=torch.Generator().manual_seed(0),
+        dtype=F64,
+    )
+    assert [b.size for b in blocks] == [50, 70] and not blocks[0].reorthogonalised
+    assert blocks[0].depths == (50,) * 6  # a block no larger than the steps stops when spanned
+    for block, spectrum in zip(blocks, (left, right), strict=True):
+        nodes = block.nodes[block.weights > 0]
+        assert spectrum.min() - 1e-9 <= nodes.min() and nodes.max() <= spectrum.max() + 1e-9
+        value, stderr = moment(block, 2)
+        assert abs(value - float(spectrum.square().mean())) < 4 * stderr + 1e-9

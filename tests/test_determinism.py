@@ -68,9 +68,7 @@ def _numbers(results: dict) -> str:
     return json.dumps(strip(results), sort_keys=True)
 
 
-def test_a_plan_that_does_not_fit_the_free_memory_is_refused_in_one_line(
-    cli, samples, monkeypatch
-):
+def test_a_plan_that_does_not_fit_the_free_memory_is_refused_in_one_line(cli, samples, monkeypatch):
     monkeypatch.chdir(samples / "tiny_transformer")
     monkeypatch.setattr(memory, "free_bytes", lambda device: 1000)
     result = cli(*ARGS)

@@ -169,7 +169,7 @@ def test_missing_forward_mode_rule_does_not_matter_to_auto():
 def test_forcing_forward_without_its_rule_names_the_rule():
     model, data = _setup(_NoForward)
     op = CurvatureOperator(model, data, MSE, method="forward")
-    with pytest.raises(DifferentiationError, match="forward is unavailable.*no forward-mode rule"):
+    with pytest.raises(DifferentiationError, match=r"forward is unavailable.*no forward-mode rule"):
         op.matvec(torch.ones(op.size, dtype=F64))
 
 

@@ -13,6 +13,20 @@ width σ, the mass below a threshold, moments) is a mean over probes with the st
 their spread. Per-block (per-layer) densities run one process per block and probe (see
 :class:`~hesscli.algorithms.lanczos.Lanczos`), in the same products.
 
+Memory. With full reorthogonalisation every probe keeps its m basis vectors: m × P × K numbers.
+``max_basis`` smaller than m + 1 switches to the bounded mode: the plain three-term recurrence
+(with a local correction), two vectors per probe whatever m. The quadrature stays valid without
+reorthogonalisation: finite-precision Lanczos is exact Lanczos on a nearby larger problem
+(Greenbaum 1989), its Gauss quadrature still matches the moments qᵀCʲq for j ≤ 2m − 1 up to
+round-off (Knizhnerman 1996), and a converged eigenvalue that reappears as a "ghost" Ritz value
+splits its weight between the copies rather than adding any, so the density, the moments and
+the mass below a threshold keep their meaning (Lin, Saad & Yang, SIAM Review 2016, on Lanczos
+without reorthogonalisation for densities of states; Papyan 2019, "The full spectrum of deepnet
+Hessians at scale", for SLQ on networks with tens of millions of parameters). What is lost:
+individual Ritz values no longer come with a basis, so no eigenvector or recomputed residual
+(:func:`~hesscli.algorithms.eigen.extremes_of` refuses such a run), and a ghost may repeat an
+outlier among the nodes.
+
 Example (a prescribed spectrum: half the eigenvalues are negative)::
 
     >>> import torch
@@ -55,6 +69,8 @@ class Quadrature:
         size: Rows of the block (P), to turn fractions into counts and means into traces.
         depths: Valid nodes per probe (a process that spans its block early has fewer; the
             rest of its row is zero-weight padding).
+        reorthogonalised: Whether the Lanczos basis was kept orthogonal (``False`` in the
+            bounded mode: the nodes may hold ghost copies that share one eigenvalue's weight).
     """
 
     nodes: torch.Tensor
@@ -62,6 +78,7 @@ class Quadrature:
     residuals: torch.Tensor
     size: int
     depths: tuple[int, ...]
+    reorthogonalised: bool = True
 
     @property
     def probes(self) -> int:
@@ -89,6 +106,9 @@ class DensitySearch:
         generator: CPU generator for the probes (and restarts).
         dtype: Dtype of the vectors handed to ``matmat``.
         device: Their device.
+        max_basis: Most vectors (of length P) per probe the run may hold; fewer than the
+            ``steps + 1`` that full reorthogonalisation keeps switches to the bounded mode
+            (two per probe, no reorthogonalisation). ``None``: full reorthogonalisation.
     """
 
     def __init__(
@@ -102,15 +122,26 @@ class DensitySearch:
         generator: torch.Generator | None = None,
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
+        max_basis: int | None = None,
     ) -> None:
         if probes < 1 or steps < 1:
             raise ValueError(f"need at least one probe and one step, got {probes} and {steps}")
+        if max_basis is not None and max_basis < 2:
+            raise ValueError(f"max_basis must hold at least 2 vectors per probe, got {max_basis}")
         device = torch.device(device)
         segments = Segments.of(size, blocks, device=device)
         self.limit = min(steps, max(segments.sizes))
+        full = max_basis is None or max_basis >= self.limit + 1
         like = torch.empty(0, dtype=dtype, device=device)
         start = rademacher(size, probes, generator=generator, like=like)
-        self.run = Lanczos(matmat, start, segments=segments, generator=generator)
+        self.run = Lanczos(
+            matmat,
+            start,
+            segments=segments,
+            generator=generator,
+            max_basis=self.limit + 1 if full else 2,
+            reorthogonalise=full,
+        )
 
     def wants_more(self) -> bool:
         """Whether another step is needed (``steps`` not reached, some block not spanned)."""
@@ -127,7 +158,7 @@ class DensitySearch:
                 torch.stack([_padded(r[i], depth) for r in rows]) for i in range(3)
             )
             depths = tuple(len(r[0]) for r in rows)
-            out.append(Quadrature(nodes, weights, residuals, size, depths))
+            out.append(Quadrature(nodes, weights, residuals, size, depths, run.reorthogonalise))
         return out
 
 
@@ -141,8 +172,12 @@ def spectral_quadrature(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
+    max_basis: int | None = None,
 ) -> list[Quadrature]:
-    """SLQ nodes and weights of C (or of each diagonal block): ``probes`` × ``steps`` products."""
+    """SLQ nodes and weights of C (or of each diagonal block): ``probes`` × ``steps`` products.
+
+    The arguments are those of :class:`DensitySearch`.
+    """
     search = DensitySearch(
         matmat,
         size,
@@ -152,6 +187,7 @@ def spectral_quadrature(
         generator=generator,
         dtype=dtype,
         device=device,
+        max_basis=max_basis,
     )
     while search.wants_more():
         search.run.step()
@@ -160,7 +196,7 @@ def spectral_quadrature(
 
 def _gauss(run: Lanczos, block: int, probe: int) -> tuple[torch.Tensor, ...]:
     """Nodes, weights and Ritz residuals of one process's tridiagonal."""
-    theta, s = torch.linalg.eigh(run.tridiagonal(block, probe))
+    theta, s = torch.linalg.eigh(run.projected(block, probe))
     residual = (run.last_beta(block, probe) * s[-1]).abs()
     return theta, s[0].square(), residual
 

@@ -9,12 +9,21 @@ smaller than ‖C‖ (often the most negative one) is known to ``tol``·‖C‖ 
 
 Repeated eigenvalues: one Krylov space holds one copy of each. When a block's Krylov space
 closes (it then restarts, see :mod:`.lanczos`), the block is run until it is spanned, so every
-copy is found (last-layer blocks of an MSE loss, I ⊗ A, do this). A repeated eigenvalue whose
-Krylov space never closes within ``max_steps`` is reported once — a limit of single-vector
-Lanczos. The reported residuals are then **recomputed** from actual
+copy is found (last-layer blocks of an MSE loss, I ⊗ A, do this); a basis bounded below the
+block's size cannot span it and runs to ``max_steps``, collecting a copy per closure. A
+repeated eigenvalue whose Krylov space never closes within ``max_steps`` is reported once — a
+limit of single-vector Lanczos. The reported residuals are then **recomputed** from actual
 products: C·yᵢ = (C·Q)·sᵢ from the stored products, or by one more matmat when they were not
 kept. By Bauer–Fike some eigenvalue of C lies within the residual of each reported value, and
 the error is typically far smaller (≈ residual²/gap).
+
+Memory: the basis holds one parameter-length vector per step (twice that with the products).
+``max_basis`` bounds it: when the basis is full the run thick-restarts (Wu & Simon 2000, see
+:mod:`.lanczos`), keeping the wanted Ritz vectors — the top_k largest and bottom_k smallest —
+and a few more; T becomes an arrow followed by a tridiagonal and the residual estimate
+|β_d·sᵢ[d]| and the recomputed residuals stay exact statements about the current Ritz pairs.
+A restart costs products (the run converges in more steps), never accuracy.
+:func:`~hesscli.algorithms.lanczos.lanczos_bytes` tells what a run will hold.
 
 Example (prescribed spectrum)::
 
@@ -50,7 +59,7 @@ EXTRA_STEPS = 5
 class Eigenpair:
     """One Ritz value with its recomputed residual ‖C·y − θ·y‖ and its unit Ritz vector y.
 
-    ``vector`` holds the block's rows only (float64).
+    ``vector`` holds the block's rows only, in the working dtype.
     """
 
     value: float
@@ -92,6 +101,7 @@ def extreme_eigenvalues(
     device: torch.device | str = "cpu",
     keep_products: bool = True,
     on_step: Callable[[int, int], None] | None = None,
+    max_basis: int | None = None,
 ) -> list[Extremes]:
     """Top-k and bottom-k eigenvalues of each diagonal block of a symmetric operator.
 
@@ -101,8 +111,9 @@ def extreme_eigenvalues(
         top_k: Largest eigenvalues wanted per block.
         bottom_k: Most negative eigenvalues wanted per block.
         tol: Stop when every wanted residual is ≤ ``tol``·‖C_block‖.
-        max_steps: Cap on Lanczos steps (default: the largest block size); unconverged values
-            are reported with ``converged=False``.
+        max_steps: Cap on Lanczos steps (default: the largest block size; at most P unless
+            ``max_basis`` makes the run restart); unconverged values are reported with
+            ``converged=False``.
         blocks: ``(start, stop)`` row blocks (layers); default one block of everything.
         generator: Source of the random start vector (CPU generator).
         dtype: Dtype of the vectors handed to ``matmat``.
@@ -110,9 +121,16 @@ def extreme_eigenvalues(
         keep_products: Keep every product (twice the memory of the basis) so that residuals
             are recomputed without another matmat.
         on_step: Called as ``on_step(steps, max_steps)`` after each step.
+        max_basis: Most basis vectors (of length P) the run holds; fewer than ``max_steps + 1``
+            makes it thick-restart when the basis is full. At least ``top_k + bottom_k + 2``.
+            ``None``: as many as the steps need.
 
     Returns:
         One :class:`Extremes` per block.
+
+    Raises:
+        ValueError: When no eigenvalue is asked for, or ``max_basis`` cannot hold the wanted
+            Ritz vectors and a new direction.
     """
     search = ExtremeSearch(
         matmat,
@@ -126,6 +144,7 @@ def extreme_eigenvalues(
         dtype=dtype,
         device=device,
         keep_products=keep_products,
+        max_basis=max_basis,
     )
     while search.wants_more():
         search.run.step()
@@ -157,6 +176,7 @@ class ExtremeSearch:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str = "cpu",
         keep_products: bool = True,
+        max_basis: int | None = None,
     ) -> None:
         if top_k < 0 or bottom_k < 0 or top_k + bottom_k == 0:
             raise ValueError("ask for at least one eigenvalue (top_k or bottom_k ≥ 1)")
@@ -164,9 +184,28 @@ class ExtremeSearch:
         segments = Segments.of(size, blocks, device=device)
         self.limit = max(segments.sizes) if max_steps is None else max(1, min(max_steps, size))
         self.top_k, self.bottom_k, self.tol = top_k, bottom_k, tol
-        start = torch.randn(size, 1, generator=generator, dtype=torch.float64).to(device, dtype)
+        capacity = self.limit + 1  # what the steps can use: allocate no more
+        if max_basis is not None and max_basis < capacity:
+            if max_basis < top_k + bottom_k + 2:
+                raise ValueError(
+                    f"max_basis={max_basis} cannot hold the {top_k + bottom_k} wanted Ritz "
+                    f"vectors, the residual direction and a new one (need ≥ "
+                    f"{top_k + bottom_k + 2})"
+                )
+            capacity = max_basis
+            if max_steps is not None:  # restarted, a run may need more products than rows
+                self.limit = max(1, max_steps)
+        # Drawn on the CPU in the working dtype: the same generator gives the same vector on
+        # every device, and no float64 copy of a parameter-length vector is made.
+        start = torch.randn(size, 1, generator=generator, dtype=dtype).to(device)
         self.run = Lanczos(
-            matmat, start, segments=segments, keep_products=keep_products, generator=generator
+            matmat,
+            start,
+            segments=segments,
+            keep_products=keep_products,
+            generator=generator,
+            max_basis=capacity,
+            wanted=(top_k, bottom_k),
         )
 
     def wants_more(self) -> bool:
@@ -185,7 +224,7 @@ class ExtremeSearch:
 
 def _ritz(run: Lanczos, block: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Ritz values (ascending) and eigenvectors of T for one block."""
-    return torch.linalg.eigh(run.tridiagonal(block, 0))
+    return torch.linalg.eigh(run.projected(block, 0))
 
 
 def _wanted(count: int, top_k: int, bottom_k: int) -> tuple[list[int], list[int]]:
@@ -201,7 +240,8 @@ def _all_converged(run: Lanczos, top_k: int, bottom_k: int, tol: float) -> bool:
             continue
         if run.restarted(block, 0):
             # Its Krylov space closed: the block may hold repeated eigenvalues, of which each
-            # Krylov space sees one copy. Only spanning the block makes the count certain.
+            # Krylov space sees one copy. Only spanning the block makes the count certain; a
+            # bounded basis that cannot span it keeps collecting copies until the step limit.
             return False
         theta, s = _ritz(run, block)
         top, bottom = _wanted(len(theta), top_k, bottom_k)
@@ -214,9 +254,18 @@ def _all_converged(run: Lanczos, top_k: int, bottom_k: int, tol: float) -> bool:
 def extremes_of(run: Lanczos, top_k: int, bottom_k: int, tol: float) -> list[Extremes]:
     """Extreme Ritz pairs of column 0 of every block of ``run``, residuals from products.
 
-    Any Lanczos run will do (a density's probes too); without kept products this costs one
-    more matmat.
+    Any Lanczos run that kept its basis will do (a density's probes too); without kept
+    products this costs one more matmat.
+
+    Raises:
+        ValueError: When the run kept no basis (``reorthogonalise=False``): its Ritz values
+            may include ghost copies and no residual can be recomputed.
     """
+    if not run.reorthogonalise:
+        raise ValueError(
+            "the Lanczos run kept no basis (reorthogonalise=False): its Ritz values may repeat "
+            "as ghosts and no residual can be recomputed; use an ExtremeSearch for eigenvalues"
+        )
     chosen: list[tuple[torch.Tensor, list[int], list[int], torch.Tensor]] = []
     for block in range(run.segments.count):
         theta, s = _ritz(run, block)
@@ -248,9 +297,10 @@ Found = dict[int, tuple[float, torch.Tensor]]
 
 
 def _residuals(theta: torch.Tensor, index: list[int], y: torch.Tensor, cy: torch.Tensor) -> Found:
-    """‖C·y − θ·y‖ / ‖y‖ per column, with the normalised vectors."""
+    """‖C·y − θ·y‖ / ‖y‖ per column, with the normalised vectors (working dtype)."""
     norms = torch.linalg.vector_norm(y, dim=0)
-    r = torch.linalg.vector_norm(cy - y * theta[index].to(y.device), dim=0) / norms
+    shifts = theta[index].to(y.device, y.dtype)
+    r = (torch.linalg.vector_norm(cy - y * shifts, dim=0) / norms).double().cpu()
     y = y / norms
     return {i: (float(r[c]), y[:, c]) for c, i in enumerate(index)}
 
@@ -272,18 +322,15 @@ def _recomputed_residuals(
     """One more block product: column c holds, in every block, that block's c-th Ritz vector."""
     indices = [sorted(set(top + bottom)) for _theta, top, bottom, _s in chosen]
     width = max(len(i) for i in indices)
-    sample = run.basis[0]
-    ys = sample.new_zeros(sample.shape[0], width)
+    size = run.segments.bounds[-1][1]
+    ys = torch.zeros((size, width), dtype=run.dtype, device=run.device)
     for block, (_theta, _top, _bottom, s) in enumerate(chosen):
         start, stop = run.segments.bounds[block]
-        ys[start:stop, : len(indices[block])] = run.vectors(block, 0, s[:, indices[block]]).to(
-            ys.dtype
-        )
+        ys[start:stop, : len(indices[block])] = run.vectors(block, 0, s[:, indices[block]])
     cys = run.matmat(ys)
     out = []
     for block, (theta, _top, _bottom, _s) in enumerate(chosen):
         start, stop = run.segments.bounds[block]
         n = len(indices[block])
-        y, cy = ys[start:stop, :n].double(), cys[start:stop, :n].double()
-        out.append(_residuals(theta, indices[block], y, cy))
+        out.append(_residuals(theta, indices[block], ys[start:stop, :n], cys[start:stop, :n]))
     return out

@@ -45,8 +45,13 @@ def advance_together(
     *,
     on_step: Callable[[int], None] | None = None,
 ) -> int:
-    """Step every member until none wants more; returns the number of fused calls (passes)."""
+    """Step every member until none wants more; returns the number of fused calls (passes).
+
+    The gathered columns go into two buffers reused from pass to pass while their widths stay
+    (a fresh parameter-length allocation costs page faults worth several passes over it).
+    """
     passes = 0
+    buffers: list[torch.Tensor | None] = [None, None]
     while True:
         active = [m for m in members if m.search.wants_more()]
         if not active:
@@ -54,8 +59,8 @@ def advance_together(
         full = [m for m in active if not m.blockwise]
         block = [m for m in active if m.blockwise]
         like = active[0].search.run.pending()
-        a = _stacked([m.search.run.pending() for m in full], like)
-        b = _stacked([m.search.run.pending() for m in block], like)
+        a = buffers[0] = _stacked([m.search.run.pending() for m in full], like, buffers[0])
+        b = buffers[1] = _stacked([m.search.run.pending() for m in block], like, buffers[1])
         ca, cb = fused(a, b)
         for group, products in ((full, ca), (block, cb)):
             first = 0
@@ -68,6 +73,16 @@ def advance_together(
             on_step(passes)
 
 
-def _stacked(blocks: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    """The columns of ``blocks`` side by side (``(P, 0)`` when there are none)."""
-    return torch.cat(blocks, dim=1) if blocks else like[:, :0]
+def _stacked(
+    blocks: list[torch.Tensor], like: torch.Tensor, reuse: torch.Tensor | None
+) -> torch.Tensor:
+    """The columns of ``blocks`` side by side (``(P, 0)`` when there are none).
+
+    Written into ``reuse`` when it has the right shape.
+    """
+    if not blocks:
+        return like[:, :0]
+    shape = (like.shape[0], sum(b.shape[1] for b in blocks))
+    if reuse is None or tuple(reuse.shape) != shape:
+        reuse = like.new_empty(shape)
+    return torch.cat(blocks, dim=1, out=reuse)

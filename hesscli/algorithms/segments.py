@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -19,11 +20,11 @@ class Segments:
 
     Attributes:
         bounds: ``(start, stop)`` of each block.
-        ids: ``(P,)`` block index of every row.
+        device: Where :attr:`ids` lives.
     """
 
     bounds: tuple[tuple[int, int], ...]
-    ids: torch.Tensor
+    device: torch.device
 
     @classmethod
     def of(
@@ -42,9 +43,13 @@ class Segments:
             or any(b <= a for a, b in bounds)
         ):
             raise ValueError(f"blocks {bounds} do not tile 0..{size} in order")
-        lengths = torch.tensor([b - a for a, b in bounds], device=device)
-        ids = torch.repeat_interleave(torch.arange(len(bounds), device=device), lengths)
-        return cls(bounds, ids)
+        return cls(bounds, torch.device(device))
+
+    @cached_property
+    def ids(self) -> torch.Tensor:
+        """``(P,)`` block index of every row (built on first use: P int64 numbers)."""
+        lengths = torch.tensor(self.sizes, device=self.device)
+        return torch.repeat_interleave(torch.arange(self.count, device=self.device), lengths)
 
     @property
     def count(self) -> int:
