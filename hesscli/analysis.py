@@ -370,7 +370,7 @@ def operator_for(
     else:
         share = "half" if prepared.device.type == "cpu" else "80 %"
         budget = automatic_budget(prepared.device)
-        source = f"automatic: {share} of the free memory"
+        source = f"automatic: {share} of the memory of {prepared.device.type}"
     largest = max(batch.size for batch in prepared.shard.batches)
     asked = (min(op.micro_batch, largest), op.chunk_size)
     fixed = settings["micro_batch"].value is not None

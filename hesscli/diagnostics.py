@@ -18,6 +18,7 @@ import torch
 
 from hesscli.algorithms.diagonal import diagonal_stats, estimate_diagonal
 from hesscli.algorithms.eigen import Eigenpair, Extremes, extreme_eigenvalues
+from hesscli.algorithms.lanczos import lanczos_bytes
 from hesscli.algorithms.trace import (
     TraceEstimate,
     estimate_trace,
@@ -159,6 +160,51 @@ def probing_sizes(
     return ProbingSizes(sketch, batch)
 
 
+@dataclass(frozen=True)
+class BasisPlan:
+    """How a Lanczos run fits the memory plan: its basis bound and whether it keeps products."""
+
+    max_basis: int | None
+    keep_products: bool
+
+
+def basis_plan(op: CurvatureOperator, *, steps: int, wanted: int, runs: int = 1) -> BasisPlan:
+    """The largest Lanczos basis that ``runs`` runs alive together can hold in the budget.
+
+    A run that needs more than fits thick-restarts inside ``max_basis`` vectors (same answers,
+    more products); products are kept for free residuals only while they fit too. The bytes
+    are reserved in the operator's plan.
+
+    Raises:
+        MemoryLimitError: when not even the wanted Ritz vectors and two more fit.
+    """
+    dtype = op.dtype
+
+    def held(vectors: int, keep: bool) -> int:
+        return runs * lanczos_bytes(op.size, 1, vectors, dtype, keep, ritz_vectors=wanted)
+
+    spare = op.spare_bytes()
+    full = steps + 1
+    keep = held(full, True) <= min(spare, runs * KEEP_PRODUCTS_BYTES)
+    if keep or held(full, False) <= spare:
+        op.reserve(held(full, keep))
+        return BasisPlan(None, keep)
+    vectors = full
+    while vectors > wanted + 2 and held(vectors, False) > spare:
+        vectors = max(wanted + 2, vectors * 3 // 4)
+    if held(vectors, False) > spare:
+        assert op.memory is not None
+        raise MemoryLimitError(
+            f"Lanczos needs {format_size(held(vectors, False))} for {vectors} vectors beside the "
+            f"products' {format_size(op.memory.estimate)}, more than the "
+            f"{format_size(op.memory.budget)} budget ({op.memory.source})",
+            "raise --max-memory, ask for fewer eigenvalues, or select fewer layers (--layer)",
+        )
+    op.reserve(held(vectors, False))
+    log.info("Lanczos keeps %d vectors (thick restarts beyond them) to fit the budget", vectors)
+    return BasisPlan(vectors, False)
+
+
 def _generator(seed: object) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed) if seed is not None else 0)
 
@@ -207,7 +253,7 @@ def run_spectrum(
     op = operator_for(prepared)
     tol = tol or TOLERANCE.get(op.dtype, 1e-4)
     limit = min(op.size, max_steps or MAX_STEPS)
-    keep = 2 * limit * op.size * op.dtype.itemsize <= KEEP_PRODUCTS_BYTES
+    basis = basis_plan(op, steps=limit, wanted=top_k + bottom_k)
     seed = prepared.settings["seed"].value
     common = {
         "top_k": top_k,
@@ -215,7 +261,8 @@ def run_spectrum(
         "tol": tol,
         "dtype": op.dtype,
         "device": op.device,
-        "keep_products": keep,
+        "keep_products": basis.keep_products,
+        "max_basis": basis.max_basis,
     }
     (whole,) = extreme_eigenvalues(
         op.matmat,

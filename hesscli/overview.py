@@ -8,6 +8,7 @@ of every layer advance together with the density's probes, one data pass per Lan
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -25,11 +26,11 @@ from hesscli.algorithms.density import (
     span,
 )
 from hesscli.algorithms.eigen import ExtremeSearch, extremes_of
+from hesscli.algorithms.lanczos import lanczos_bytes
 from hesscli.algorithms.lockstep import Member, advance_together
 from hesscli.algorithms.trace import t_quantile_975
 from hesscli.analysis import Prepared, Request, operator_for, prepare, report_for
 from hesscli.diagnostics import (
-    KEEP_PRODUCTS_BYTES,
     MAX_STEPS,
     TOLERANCE,
     UNIT_COLUMNS_LIMIT,
@@ -40,9 +41,11 @@ from hesscli.diagnostics import (
     _generator,
     _positive,
     _quiet,
+    basis_plan,
     layer_diagonals,
 )
 from hesscli.engine.diagonal import COLUMNS, has_fast_route
+from hesscli.engine.memory import format_size
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.errors import ConfigError
 from hesscli.flags import layer_flags, model_flags
@@ -52,6 +55,7 @@ from hesscli.results import (
     Cost,
     Density,
     DensityResults,
+    Eigenvalue,
     LayerSummary,
     Mass,
     Plan,
@@ -61,6 +65,7 @@ from hesscli.results import (
     Trace,
 )
 
+log = logging.getLogger("hesscli")
 Announce = Callable[[Plan], None]
 #: ``significant_negative_mass`` counts eigenvalues below −this × the largest Ritz value.
 SIGNIFICANT = 0.01
@@ -75,8 +80,9 @@ class ReportSettings:
     """What ``report`` (and ``check``, ``compare``) computes.
 
     Attributes:
-        probes: Probe vectors of the density (stochastic Lanczos quadrature).
-        steps: Lanczos steps per probe.
+        probes: Probe vectors of the density (stochastic Lanczos quadrature); default by
+            model size (:func:`density_sizes`).
+        steps: Lanczos steps per probe; default by model size.
         tol: Eigenvalue residual tolerance relative to ‖C‖ (default by dtype).
         max_steps: Lanczos steps at most for the eigenvalues.
         diag_products: Products for Diag++ when a layer's diagonal is estimated.
@@ -85,8 +91,8 @@ class ReportSettings:
         sigma: Gaussian width of the smoothing (default: a fraction of the spectrum's span).
     """
 
-    probes: int = 8
-    steps: int = 80
+    probes: int | None = None
+    steps: int | None = None
     tol: float | None = None
     max_steps: int | None = None
     diag_products: int = 300
@@ -96,9 +102,43 @@ class ReportSettings:
 
 
 DEFAULTS = ReportSettings()
+#: From this many parameters on a model is of real size: the density's and the report's
+#: defaults shrink so that a run takes minutes on a CPU, not hours (the user can ask for more).
+LARGE_MODEL = 1_000_000
+#: Default (probes, Lanczos steps) of the density, for small and for large models.
+DENSITY_DEFAULTS = {False: (8, 80), True: (4, 40)}
+#: ``report`` on a large model: Lanczos steps at most of the per-layer eigenvalue runs, which
+#: cost one product per layer and step (unconverged values are flagged).
+LARGE_MODEL_LAYER_STEPS = 30
 
 
-def _check_density_options(probes: int, steps: int, points: int, sigma: float | None) -> None:
+def density_sizes(size: int, probes: int | None, steps: int | None) -> tuple[int, int]:
+    """``(probes, steps)``: the ones given, else the defaults for a model of ``size``."""
+    default_probes, default_steps = DENSITY_DEFAULTS[size >= LARGE_MODEL]
+    return probes or default_probes, steps or default_steps
+
+
+def density_basis(op: CurvatureOperator, probes: int, steps: int, runs: int) -> int | None:
+    """``max_basis`` of ``runs`` density runs, its bytes reserved in the operator's plan.
+
+    None (full reorthogonalisation) when the bases fit the memory plan, else 2 (the three-term
+    recurrence, see :mod:`~hesscli.algorithms.density`).
+    """
+    full = runs * lanczos_bytes(op.size, probes, steps + 1, op.dtype)
+    if full <= op.spare_bytes():
+        op.reserve(full)
+        return None
+    op.reserve(runs * lanczos_bytes(op.size, probes, 2, op.dtype))
+    log.info(
+        "the density's Lanczos bases (%s) do not fit the budget: no reorthogonalisation",
+        format_size(full),
+    )
+    return 2
+
+
+def _check_density_options(
+    probes: int | None, steps: int | None, points: int, sigma: float | None
+) -> None:
     _positive(probes, "--probes")
     _positive(steps, "--steps")
     _positive(sigma, "--sigma")
@@ -149,8 +189,8 @@ def run_density(
     request: Request,
     *,
     layer_patterns: list[str],
-    probes: int = 8,
-    steps: int = 80,
+    probes: int | None = None,
+    steps: int | None = None,
     per_layer: bool = False,
     points: int = 400,
     sigma: float | None = None,
@@ -164,11 +204,19 @@ def run_density(
     _check_density_options(probes, steps, points, sigma)
     start = time.perf_counter()
     prepared = prepare(request, layer_patterns=layer_patterns)
-    op = operator_for(prepared)
+    op = operator_for(prepared, columns=(probes or 8) * (2 if per_layer else 1))
+    probes, steps = density_sizes(op.size, probes, steps)
     tol = TOLERANCE.get(op.dtype, 1e-4)
     seed = prepared.settings["seed"].value
     bounds = [(b.start, b.stop) for b in op.blocks]
-    common = {"probes": probes, "steps": steps, "dtype": op.dtype, "device": op.device}
+    max_basis = density_basis(op, probes, steps, 2 if per_layer else 1)
+    common = {
+        "probes": probes,
+        "steps": steps,
+        "dtype": op.dtype,
+        "device": op.device,
+        "max_basis": max_basis,
+    }
     whole = DensitySearch(op.matmat, op.size, generator=_generator(seed), **common)
     searches = [whole]
     if per_layer:
@@ -186,8 +234,11 @@ def run_density(
     )
     (quadrature,) = whole.result()
     density = _density(quadrature, points=points, sigma=sigma, tol=tol)
-    (extremes,) = extremes_of(whole.run, 3, 1, tol)  # residuals: one more data pass
-    top, bottom = _eigenvalues(extremes.top), _eigenvalues(extremes.bottom)
+    if whole.run.reorthogonalise:
+        (extremes,) = extremes_of(whole.run, 3, 1, tol)  # residuals: one more data pass
+        top, bottom = _eigenvalues(extremes.top), _eigenvalues(extremes.bottom)
+    else:  # no basis, no Ritz vectors: the recurrence's residual estimates
+        top, bottom = _quadrature_extremes(quadrature, tol)
     layers = {}
     if per_layer:
         found = searches[1].result()
@@ -212,6 +263,24 @@ def run_density(
         "zero_tolerance": tol,
     }
     return report_for("density", prepared, results, _cost(op, start), options)
+
+
+def _quadrature_extremes(
+    quadrature: Quadrature, tol: float
+) -> tuple[list[Eigenvalue], list[Eigenvalue]]:
+    """The 3 largest and the smallest node of the first probe, with residual estimates.
+
+    The estimates are the recurrence's |β·s|: no basis was kept to recompute them from products.
+    """
+    depth = quadrature.depths[0]
+    nodes, residuals = quadrature.nodes[0, :depth], quadrature.residuals[0, :depth]
+    scale = float(nodes.abs().max())
+
+    def pair(i: int) -> Eigenvalue:
+        residual = float(residuals[i])
+        return Eigenvalue(float(nodes[i]), residual, residual <= tol * scale)
+
+    return [pair(depth - 1 - k) for k in range(min(3, depth))], [pair(0)]
 
 
 def _check_settings(settings: ReportSettings) -> None:
@@ -258,29 +327,54 @@ def measure(
     sums, or Hutch++ from the same Diag++ probes.
     """
     start = time.perf_counter()
-    op = operator_for(prepared)
+    blocks_count = len(prepared.layers)
+    op = operator_for(prepared, columns=2 + (settings.probes or 8) + blocks_count)
+    settings = replace(
+        settings,
+        **dict(
+            zip(
+                ("probes", "steps"),
+                density_sizes(op.size, settings.probes, settings.steps),
+                strict=True,
+            )
+        ),
+    )
+    assert settings.probes is not None
+    assert settings.steps is not None
     seed = prepared.settings["seed"].value
     tol = settings.tol or TOLERANCE.get(op.dtype, 1e-4)
     limit = min(op.size, settings.max_steps or MAX_STEPS)
-    keep = 2 * limit * op.size * op.dtype.itemsize <= KEEP_PRODUCTS_BYTES
     blocks = list(op.blocks)
+    layer_limit = min(max(b.size for b in blocks), limit)
+    if op.size >= LARGE_MODEL and settings.max_steps is None:
+        layer_limit = min(layer_limit, LARGE_MODEL_LAYER_STEPS)
+    before = op.spare_bytes()
+    max_basis = density_basis(op, settings.probes, settings.steps, 1)
+    basis = basis_plan(op, steps=limit, wanted=2, runs=2)  # whole and per-layer runs
+    lanczos = before - op.spare_bytes()
     bounds = [(b.start, b.stop) for b in blocks]
-    common = {"top_k": 1, "bottom_k": 1, "tol": tol, "dtype": op.dtype, "device": op.device}
+    common = {
+        "top_k": 1,
+        "bottom_k": 1,
+        "tol": tol,
+        "dtype": op.dtype,
+        "device": op.device,
+        "keep_products": basis.keep_products,
+        "max_basis": basis.max_basis,
+    }
     whole = ExtremeSearch(
         op.matmat,
         op.size,
         max_steps=limit,
         generator=_generator(seed),
-        keep_products=keep,
         **common,
     )
     per_layer = ExtremeSearch(
         op.block_matmat,
         op.size,
-        max_steps=min(max(b.size for b in blocks), limit),
+        max_steps=layer_limit,
         blocks=bounds,
         generator=_generator(seed),
-        keep_products=keep,
         **common,
     )
     probes = DensitySearch(
@@ -291,6 +385,7 @@ def measure(
         generator=_generator(seed),
         dtype=op.dtype,
         device=op.device,
+        max_basis=max_basis,
     )
     members = [Member(whole), Member(per_layer, blockwise=True), Member(probes)]
     expected = probes.limit  # the eigenvalue runs usually converge within it
@@ -315,6 +410,8 @@ def measure(
     layer_extremes = per_layer.result()
     (quadrature,) = probes.result()
     density = _density(quadrature, points=settings.points, sigma=settings.sigma, tol=tol)
+    del whole, per_layer, probes, members  # their bases: the diagonals may use the room
+    op.free(lanczos)
     diagonals = layer_diagonals(
         op,
         mode="auto",

@@ -140,6 +140,7 @@ class DensitySearch:
             segments=segments,
             generator=generator,
             max_basis=self.limit + 1 if full else 2,
+            wanted=(0, 0),  # a quadrature must never be thick-restarted
             reorthogonalise=full,
         )
 

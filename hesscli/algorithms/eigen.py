@@ -299,8 +299,8 @@ Found = dict[int, tuple[float, torch.Tensor]]
 def _residuals(theta: torch.Tensor, index: list[int], y: torch.Tensor, cy: torch.Tensor) -> Found:
     """‖C·y − θ·y‖ / ‖y‖ per column, with the normalised vectors (working dtype)."""
     norms = torch.linalg.vector_norm(y, dim=0)
-    shifts = theta[index].to(y.device, y.dtype)
-    r = (torch.linalg.vector_norm(cy - y * shifts, dim=0) / norms).double().cpu()
+    shifts = theta[index].to(y.dtype).to(y.device)
+    r = (torch.linalg.vector_norm(cy - y * shifts, dim=0) / norms).cpu().double()
     y = y / norms
     return {i: (float(r[c]), y[:, c]) for c, i in enumerate(index)}
 

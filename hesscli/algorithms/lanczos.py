@@ -60,7 +60,7 @@ BREAKDOWN = 100.0
 #: A second Gram–Schmidt pass when the first left less than this fraction of the norm (DGKS).
 AGAIN = 1 / math.sqrt(2)
 #: Basis vectors per allocated slab (the basis grows slab by slab, never copied).
-SLAB = 32
+SLAB = 16
 #: Rows per chunk when a thick restart overwrites the basis with Ritz vectors in place.
 RESTART_ROWS = 1 << 20
 #: Parameter-length vectors per column that a step holds besides the basis: the product
@@ -144,6 +144,7 @@ class Lanczos:
             is full, the next step first thick-restarts it. ``None``: grow without bound.
         wanted: ``(largest, smallest)`` Ritz pairs a thick restart must keep; it keeps up to
             half of the remaining room more (split between the two ends as they are asked).
+            ``(0, 0)``: never restart (a full basis is an error), as a quadrature needs.
         reorthogonalise: ``False``: keep only the last two vectors (the three-term recurrence
             with a local correction; no Ritz vectors, no random restarts).
 
@@ -336,7 +337,7 @@ class Lanczos:
             torch.add(w, previous, alpha=-float(self._off[s, k, o - 1]), out=target)
         elif head:
             kept = list(self._views(self._slabs, k, a, b, head))
-            sigma = self._arrow[s, k, :head].to(self.device, self.dtype)
+            sigma = self._arrow[s, k, :head].to(self.dtype).to(self.device)
             _subtract(kept, [sigma[i : i + q.shape[0]] for i, q in kept], w, target)
         else:
             target.copy_(w)
@@ -407,7 +408,10 @@ class Lanczos:
         top = min(self.wanted[0], room)
         bottom = min(self.wanted[1], room - top)
         if top + bottom == 0:
-            top = min(1, room)
+            raise RuntimeError(
+                f"the basis is full ({self._capacity} vectors) and this run keeps nothing "
+                "through a thick restart (wanted=(0, 0))"
+            )
         extra = (room - top - bottom) // 2
         if bottom == 0:
             return top + extra, 0
@@ -447,10 +451,12 @@ class Lanczos:
     ) -> None:
         """Slots ``0..r`` ← (slots ``0..d``)·coefficients on rows a:b, in place, chunk by chunk."""
         d, r = coefficients.shape
-        coefficients = coefficients.to(self.device, self.dtype)
-        for first in range(a, b, RESTART_ROWS):
-            stop = min(b, first + RESTART_ROWS)
-            combined = torch.zeros((r, stop - first), dtype=self.dtype, device=self.device)
+        coefficients = coefficients.to(self.dtype).to(self.device)
+        rows = min(RESTART_ROWS, b - a)
+        buffer = torch.empty((r, rows), dtype=self.dtype, device=self.device)  # one per call
+        for first in range(a, b, rows):
+            stop = min(b, first + rows)
+            combined = buffer[:, : stop - first].zero_()
             for i, view in self._views(slabs, column, first, stop, d):
                 combined.addmm_(coefficients[i : i + view.shape[0]].T, view)
             for i, view in self._views(slabs, column, first, stop, r):
@@ -498,7 +504,7 @@ class Lanczos:
         self, slabs: list[torch.Tensor], block: int, column: int, coefficients: torch.Tensor
     ) -> torch.Tensor:
         a, b = self.segments.bounds[block]
-        coefficients = coefficients.to(self.device, self.dtype)
+        coefficients = coefficients.to(self.dtype).to(self.device)
         out = torch.zeros((b - a, coefficients.shape[1]), dtype=self.dtype, device=self.device)
         for i, view in self._views(slabs, column, a, b, coefficients.shape[0]):
             out.addmm_(view.T, coefficients[i : i + view.shape[0]])
@@ -561,7 +567,7 @@ def _project(
     """
     coefficients = [torch.mv(q, x) for _, q in views]
     _subtract(views, coefficients, x, out)
-    return torch.cat(coefficients).double().cpu()
+    return torch.cat(coefficients).cpu().double()
 
 
 def _subtract(

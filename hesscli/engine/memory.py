@@ -44,7 +44,7 @@ _UNITS = {
     "tib": 1 << 40,
     "tb": 10**12,
 }
-#: Share of the free memory a run plans to use when no budget is given (CPU, CUDA).
+#: Share of the total memory a run plans to use when no budget is given (CPU, CUDA).
 AUTOMATIC_SHARE = {"cpu": 0.5, "cuda": 0.8}
 #: Copies of the parameters alive at once, per product column: the tangent, its
 #: unflattened view, the product, its flat copy, the pass total and the gradient's tangent.

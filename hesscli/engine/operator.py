@@ -167,6 +167,7 @@ class CurvatureOperator:
         self.group = group
         self.weighting = weighting or Weighting("samples", dataset.num_samples, dataset.num_samples)
         self.memory: MemoryPlan | None = None
+        self._held = 0  # bytes the algorithm has reserved (see reserve)
         trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         if blocks is None:
             blocks = [
@@ -418,27 +419,33 @@ class CurvatureOperator:
                 "raise --max-memory, or ask for less (fewer steps, probes or layers)",
             )
         self.micro_batch, self.chunk_size = plan.micro_batch, plan.chunk_size
-        self.memory = replace(plan, budget=budget)
+        self.memory, self._held = replace(plan, budget=budget), 0
         self.reserve(reserve)
         return self.memory
 
     def spare_bytes(self) -> int:
-        """Bytes of the budget the products leave to the algorithm (and the graph cache)."""
+        """Bytes of the budget left to the algorithm: not planned for products or reserved."""
         if self.memory is None:
             return total_bytes(self.device) // 4
-        return max(0, self.memory.budget - self.memory.estimate)
+        return max(0, self.memory.budget - self.memory.estimate - self._held)
 
     def reserve(self, size: int) -> None:
-        """Set ``size`` bytes of the budget aside for the algorithm's own vectors.
+        """Set ``size`` more bytes of the budget aside for the algorithm's own vectors.
 
         The gradient-graph cache gets only what is left, and a plan that no longer fits in the
-        free memory is refused now, before any product (:func:`~.memory.check_free`).
+        free memory is refused now, before any product (:func:`~.memory.check_free`). The plan
+        records the most ever reserved at once.
         """
-        if self.memory is None:
+        if self.memory is None or size <= 0:
             return
-        self.memory = replace(self.memory, reserve=size)
-        self.cache_bytes = min(self.cache_bytes, max(0, self.spare_bytes() - size))
-        check_free(self.memory.estimate + size, self.device, source=self.memory.source)
+        self._held += size
+        self.memory = replace(self.memory, reserve=max(self.memory.reserve, self._held))
+        self.cache_bytes = min(self.cache_bytes, self.spare_bytes())
+        check_free(self.memory.estimate + self._held, self.device, source=self.memory.source)
+
+    def free(self, size: int) -> None:
+        """Give back ``size`` reserved bytes (a phase of the algorithm is over)."""
+        self._held = max(0, self._held - size)
 
     def _check_once(self, mb: MicroBatchLoss) -> None:
         """Refuse a random loss before any product is spent on it (once per operator)."""

@@ -140,13 +140,16 @@ def symmetry_defect(block: Params, product: Params) -> float:
     second derivative. Dot products are taken in float64; for random u, v the value is about
     ‖C − Cᵀ‖_F/‖C‖_F.
     """
-    u = torch.cat([t[0].reshape(-1) for t in block.values()]).double()
-    v = torch.cat([t[1].reshape(-1) for t in block.values()]).double()
-    cu = torch.cat([t[0].reshape(-1) for t in product.values()]).double()
-    cv = torch.cat([t[1].reshape(-1) for t in product.values()]).double()
-    rms = float(torch.sqrt(u.norm() * v.norm() / u.numel()))
-    scale = float(torch.sqrt(cu.norm() ** 2 + cv.norm() ** 2)) * rms
-    gap = abs(float(u @ cv) - float(v @ cu))
+
+    def dot(x: dict[str, torch.Tensor], i: int, y: dict[str, torch.Tensor], j: int) -> float:
+        # Products in the working dtype, sums in float64: no parameter-length float64 copies.
+        return sum(float(torch.sum(x[n][i] * y[n][j], dtype=torch.float64)) for n in x)
+
+    u_norm, v_norm = dot(block, 0, block, 0) ** 0.5, dot(block, 1, block, 1) ** 0.5
+    size = sum(t[0].numel() for t in block.values())
+    rms = (u_norm * v_norm / size) ** 0.5
+    scale = (dot(product, 0, product, 0) + dot(product, 1, product, 1)) ** 0.5 * rms
+    gap = abs(dot(block, 0, product, 1) - dot(block, 1, product, 0))
     return gap / scale if scale > 0 else 0.0
 
 
@@ -463,16 +466,14 @@ def uses_attention(mb: MicroBatchLoss) -> bool:
 
 
 def _probes(variables: Params) -> Params:
-    """``_PROBES`` fixed pseudo-random columns (seed 0, drawn on the CPU in float64).
+    """``_PROBES`` fixed pseudo-random columns (seed 0, drawn on the CPU in the working dtype).
 
     Random vectors, because structured ones such as identity columns can miss an asymmetry
-    entirely; drawn the same way on every device so that the check does not depend on it.
+    entirely; drawn on the CPU so that the check is the same on every device.
     """
     generator = torch.Generator().manual_seed(0)
     return {
-        n: torch.randn((_PROBES, *t.shape), generator=generator, dtype=torch.float64).to(
-            t.device, t.dtype
-        )
+        n: torch.randn((_PROBES, *t.shape), generator=generator, dtype=t.dtype).to(t.device)
         for n, t in variables.items()
     }
 
