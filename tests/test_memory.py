@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from hesscli.diagnostics import PROBE_BATCH
 from hesscli.engine import memory
 from hesscli.engine.memory import (
     SavedBytes,
@@ -526,7 +527,8 @@ def test_max_memory_shrinks_the_micro_batch_not_the_results(cli, samples, monkey
     # from this run's own numbers.
     params = free["inputs"]["trainable_parameters"] * 8
     per_sample = settings["memory"]["sample_bytes"]
-    budget = peak_estimate(params, per_sample, 63, 1, vmapped=False, columns=1) + per_sample
+    columns = PROBE_BATCH  # what trace plans a pass for
+    budget = peak_estimate(params, per_sample, 63, 1, vmapped=False, columns=columns) + per_sample
     limited, stderr = _run(cli, *common, "--max-memory", str(budget))
     memory_use = limited["settings"]["memory"]
     micro_batch = limited["settings"]["micro_batch"]

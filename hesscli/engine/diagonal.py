@@ -153,14 +153,18 @@ def has_fast_route(op: CurvatureOperator, block: Block) -> bool:
 
 
 def _unit_columns(op: CurvatureOperator, block: Block) -> torch.Tensor:
-    """(C·eᵢ)ᵢ for every coordinate i of the block, ``COLUMNS`` per data pass."""
+    """(C_ll·eᵢ)ᵢ for every coordinate i of the block, ``COLUMNS`` per data pass.
+
+    Products on the block alone (:meth:`CurvatureOperator.block_product`): memory of the
+    layer's size per column, whatever the model's.
+    """
     values = torch.empty(block.size, dtype=torch.float64, device=op.device)
     for first in range(0, block.size, COLUMNS):
         count = min(COLUMNS, block.size - first)
-        rows = torch.arange(block.start + first, block.start + first + count, device=op.device)
-        unit = torch.zeros(op.size, count, device=op.device, dtype=op.dtype)
+        rows = torch.arange(first, first + count, device=op.device)
+        unit = torch.zeros(block.size, count, device=op.device, dtype=op.dtype)
         unit[rows, torch.arange(count, device=op.device)] = 1
-        image = op.matmat(unit)
+        image = op.block_product(block, unit)
         values[first : first + count] = image[rows, torch.arange(count, device=op.device)].double()
     return values
 

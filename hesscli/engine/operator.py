@@ -234,6 +234,19 @@ class CurvatureOperator:
         _, result = self.fused_matmat(columns[:, :0], columns)
         return result if matrix.ndim == 2 else result[:, 0]
 
+    def block_product(self, block: Block, matrix: torch.Tensor) -> torch.Tensor:
+        """C_ll·V for one block l: ``(n_l, K)`` columns on its rows → ``(n_l, K)``, one pass.
+
+        Nothing parameter-length is built: exact diagonals by unit columns cost memory of the
+        layer's size, not the model's.
+        """
+        if matrix.ndim != 2 or matrix.shape[0] != block.size:
+            raise ValueError(f"expected ({block.size}, K), got {tuple(matrix.shape)}")
+        columns = matrix.to(device=self.device, dtype=self.dtype)
+        (result,) = self._pass([(block, columns)])
+        self.counters.products += columns.shape[1]
+        return result
+
     def fused_matmat(
         self, full: torch.Tensor, blockwise: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
