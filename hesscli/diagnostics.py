@@ -91,16 +91,25 @@ def planned(
             if (passes - 2) * per_pass > LONG_RUN_SECONDS:
                 log.info(
                     "plan: %s, at most %d data passes (%d products), ≈%.0f s more at %.2f s "
-                    "per pass",
+                    "per pass, %s",
                     description,
                     passes,
                     passes * columns,
                     (passes - 2) * per_pass,
                     per_pass,
+                    planned_bytes(op),
                 )
         progress(description, done, total)
 
     return step
+
+
+def planned_bytes(op: CurvatureOperator) -> str:
+    """``≈2.1 GiB of memory (8 GiB budget)``: the products' peak and the algorithm's vectors."""
+    if op.memory is None:
+        return "memory not planned"
+    held = op.memory.estimate + op.memory.reserve
+    return f"≈{format_size(held)} of memory ({format_size(op.memory.budget)} budget)"
 
 
 def _engine(op: CurvatureOperator) -> Engine:

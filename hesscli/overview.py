@@ -392,7 +392,8 @@ def measure(
     diag_passes, diag_products = _diagonal_plan(op, settings.diag_products)
     width = settings.probes + 1 + len(blocks)
     passes = expected + diag_passes
-    planned = [Plan(passes, expected * width + diag_products, math.nan, math.nan)]
+    held = op.memory.estimate + op.memory.reserve if op.memory is not None else 0
+    planned = [Plan(passes, expected * width + diag_products, math.nan, math.nan, held)]
     lockstep_start = time.perf_counter()
 
     def on_step(done: int) -> None:

@@ -433,6 +433,8 @@ class Plan:
     products: int
     seconds: float
     pass_seconds: float
+    #: Memory the run plans to hold at most: the products' peak and the algorithm's vectors.
+    bytes: int = 0
 
 
 @dataclass(frozen=True)

@@ -595,3 +595,59 @@ def test_out_of_memory_outside_the_products_is_one_error_line(cli, tmp_path, mon
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("hesscli: error:"), context
     assert "out of memory" in lines[0], context
+
+
+# -- the algorithm's vectors are in the plan too ------------------------------------------------
+def _spectrum(cli, *args: str) -> tuple[dict, str]:
+    result = cli(
+        "spectrum", "model.safetensors", "--dtype", "float64", "--top-k", "2", "--json", *args
+    )
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout), result.stderr
+
+
+def test_a_budget_too_small_for_the_lanczos_basis_thick_restarts_to_the_same_values(
+    cli, samples, monkeypatch
+):
+    monkeypatch.chdir(samples / "digits_mlp")
+    free, _ = _spectrum(cli)
+    plan = free["settings"]["memory"]
+    vector = free["inputs"]["trainable_parameters"] * 8
+    assert plan["reserve"] >= (free["results"]["steps"] + 1) * vector  # the whole basis
+    # Room for 24 vectors beside the products (the Ritz vectors and the step's product take
+    # some): the basis cannot hold every step.
+    assert free["results"]["steps"] > 24
+    budget = plan["estimate"] + 24 * vector
+    bounded, stderr = _spectrum(cli, "--max-memory", str(budget))
+    limited = bounded["settings"]["memory"]
+    assert limited["estimate"] + limited["reserve"] <= budget
+    assert "thick restarts beyond them" in stderr, stderr
+    for side in ("top", "bottom"):
+        for got, want in zip(bounded["results"][side], free["results"][side], strict=True):
+            assert got["converged"] and want["converged"]
+            assert abs(got["value"] - want["value"]) <= 1e-7 * abs(
+                free["results"]["top"][0]["value"]
+            )
+
+
+def test_a_budget_too_small_for_even_the_wanted_ritz_vectors_is_one_line(cli, samples, monkeypatch):
+    monkeypatch.chdir(samples / "digits_mlp")
+    free, _ = _spectrum(cli)
+    vector = free["inputs"]["trainable_parameters"] * 8
+    budget = free["settings"]["memory"]["estimate"] + 2 * vector
+    result = cli(
+        "spectrum",
+        "model.safetensors",
+        "--dtype",
+        "float64",
+        "--top-k",
+        "2",
+        "--json",
+        "--max-memory",
+        str(budget),
+    )
+    context = f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
+    assert result.exit_code == 2, context
+    assert result.stdout == "", context
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Lanczos needs" in lines[0] and "--max-memory" in lines[0], context

@@ -131,34 +131,29 @@ def free_bytes(device: torch.device) -> int:
     """Free memory of ``device``: the CUDA device's, or the machine's available memory."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            for line in meminfo:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 4 << 30
+    return _machine_bytes("MemAvailable:", "SC_AVPHYS_PAGES", 4 << 30)
 
 
 def total_bytes(device: torch.device) -> int:
     """All memory of ``device``: the CUDA device's, or the machine's physical memory."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[1])
+    return _machine_bytes("MemTotal:", "SC_PHYS_PAGES", 8 << 30)
+
+
+def _machine_bytes(field: str, pages: str, fallback: int) -> int:
+    """A ``/proc/meminfo`` field in bytes, else ``sysconf`` pages, else ``fallback``."""
     try:
         with open("/proc/meminfo", encoding="ascii") as meminfo:
             for line in meminfo:
-                if line.startswith("MemTotal:"):
+                if line.startswith(field):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return os.sysconf(pages) * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return 8 << 30
+        return fallback
 
 
 def ranks_here() -> int:

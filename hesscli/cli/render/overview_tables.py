@@ -107,6 +107,8 @@ def _plan(plan: Plan) -> str:
     text = f"{plan.data_passes:,} data passes, {plan.products:,} products"
     if math.isfinite(plan.seconds) and math.isfinite(plan.pass_seconds):
         text += f", about {_seconds(plan.seconds)} ({_seconds(plan.pass_seconds)} per pass)"
+    if plan.bytes:
+        text += f", ≈{plan.bytes / 2**30:.3g} GiB of memory"
     return text
 
 
