@@ -145,9 +145,10 @@ def probing_sizes(
 ) -> ProbingSizes:
     """The sketch and probe batch of a Hutch++/Diag++ run, cut to what the budget leaves.
 
-    The run keeps the sketch twice (Q and C·Q), a batch of probes four times (probes, deflated,
-    products, samples), and ``float64_vectors`` parameter-length float64 accumulators; all of it
-    is reserved in the operator's plan, so the graph cache only gets the rest.
+    The run keeps the sketch three times at its peak (C·S, its QR factor and QR's workspace,
+    then Q and C·Q), a batch of probes four times (probes, deflated, products, samples), and
+    ``float64_vectors`` parameter-length float64 accumulators; all of it is reserved in the
+    operator's plan, so the graph cache only gets the rest.
 
     Raises:
         MemoryLimitError: when not even one probe fits.
@@ -155,8 +156,8 @@ def probing_sizes(
     vector = op.size * op.dtype.itemsize
     room = (op.spare_bytes() - float64_vectors * op.size * 8) // vector
     batch = max(1, min(batch, room // 8))
-    sketch = max(0, min(sketch, (room - 4 * batch) // 2))
-    needed = (2 * sketch + 4 * batch) * vector + float64_vectors * op.size * 8
+    sketch = max(0, min(sketch, (room - 4 * batch) // 3))
+    needed = (3 * sketch + 4 * batch) * vector + float64_vectors * op.size * 8
     if room < 4:
         assert op.memory is not None
         raise MemoryLimitError(

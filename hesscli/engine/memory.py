@@ -59,8 +59,9 @@ ACTIVATIONS_PER_SAMPLE, ACTIVATIONS_PER_SAMPLE_COLUMN = 2, 2
 REVERSE_ACTIVATIONS_PER_SAMPLE = 4
 #: Reverse route: copies of the parameters alive during one column (its product, pieces).
 REVERSE_COPIES = 2
-#: Copies of the parameters per column a pass carries: tangents, products, flat sums.
-COLUMN_BUFFERS = 3
+#: Copies of the parameters per column a pass carries: the caller's columns, their
+#: per-parameter tangents, the products and the pass's sums.
+COLUMN_BUFFERS = 4
 #: Samples the activation measurement runs (two sizes give bytes per sample).
 _MEASURE_SAMPLES = 8
 

@@ -347,15 +347,21 @@ class CurvatureOperator:
                 for (block, vectors), total, count in zip(tangents, totals, counts, strict=True):
                     if not count:
                         continue
-                    flat = self.layout.flatten(apply(vectors), block)
-                    if not torch.isfinite(flat).all():
+                    product = apply(vectors)
+                    bad = [n for n, t in product.items() if not bool(torch.isfinite(t).all())]
+                    if bad:
                         raise NumericalError(
                             f"a {self.kind}-vector product is NaN/Inf on samples {first}-"
-                            f"{first + part.size - 1} (in {self._bad_parameter(flat, block)})",
+                            f"{first + part.size - 1} (in {', '.join(bad[:4])})",
                             "check those samples and the weights; try --dtype float64",
                         )
                     # Mean: weight uⱼ/U, so the sum is the mean over all units; sum: weight 1.
-                    total.add_(flat, alpha=weight if self.reduction == "mean" else 1.0)
+                    # Added slot by slot: no flat copy of the columns.
+                    alpha = weight if self.reduction == "mean" else 1.0
+                    offset = 0 if block is None else block.start
+                    for slot in self.layout.slots_of(block):
+                        piece = product.pop(slot.name).reshape(count, -1).T
+                        total[slot.start - offset : slot.stop - offset].add_(piece, alpha=alpha)
                 if self.progress is not None:
                     self.progress(index + 1, batches)
         return totals
@@ -509,16 +515,6 @@ class CurvatureOperator:
         if self.graph_bytes + graph_bytes <= self.cache_bytes:
             self._cache[index] = apply
             self.graph_bytes += graph_bytes
-
-    def _bad_parameter(self, flat: torch.Tensor, block: Block | None) -> str:
-        bad = ~torch.isfinite(flat).all(dim=1)
-        offset = 0 if block is None else block.start
-        names = [
-            s.name
-            for s in self.layout.slots_of(block)
-            if bad[s.start - offset : s.stop - offset].any()
-        ]
-        return ", ".join(names[:4])
 
 
 def _default_cache_bytes(device: torch.device) -> int:

@@ -97,21 +97,19 @@ def hessian_reverse(mb: MicroBatchLoss) -> Apply:
         count = next(iter(block.values())).shape[0]
         subset = [i for i, n in enumerate(names) if n in block]
         wanted = [i for i in subset if i in live]  # H_SS·v_S = ∇_S ⟨∇_S L, v_S⟩
-        columns: list[list[torch.Tensor]] = []
-        for k in range(count):
-            found: dict[int, torch.Tensor] = {}
-            if wanted:  # else the loss is linear in these variables: H_SS = 0
-                pieces = torch.autograd.grad(
-                    _inner([gradients[i] for i in wanted], [block[names[i]][k] for i in wanted]),
-                    [leaves[i] for i in wanted],
-                    retain_graph=True,
-                    allow_unused=True,
-                )
-                found = {i: p for i, p in zip(wanted, pieces, strict=True) if p is not None}
-            columns.append(
-                [found[i] if i in found else torch.zeros_like(leaves[i]) for i in subset]
+        # Written column by column into the result: no list of columns to stack afterwards.
+        out = {names[i]: leaves[i].new_zeros((count, *leaves[i].shape)) for i in subset}
+        for k in range(count if wanted else 0):  # else linear in these variables: H_SS = 0
+            pieces = torch.autograd.grad(
+                _inner([gradients[i] for i in wanted], [block[names[i]][k] for i in wanted]),
+                [leaves[i] for i in wanted],
+                retain_graph=True,
+                allow_unused=True,
             )
-        return {names[i]: _stack([c[j] for c in columns], leaves[i]) for j, i in enumerate(subset)}
+            for i, piece in zip(wanted, pieces, strict=True):
+                if piece is not None:
+                    out[names[i]][k].copy_(piece)
+        return out
 
     return apply
 
