@@ -62,9 +62,27 @@ EXACT_TRACE_PARAMETERS = 64
 #: standard error reported; ``--products`` buys more.
 DEFAULT_TRACE_PRODUCTS = 100
 #: ``diag`` in auto mode: unit columns all layers together may spend (and output-space products
-#: one layer may spend per micro-batch) before the remaining layers are estimated instead. A
-#: product costs about as much as two gradients, so exact stays a matter of minutes at most.
+#: one layer may spend per micro-batch) before the remaining layers are estimated instead, on a
+#: model below :data:`LARGE_MODEL` parameters. On a larger one a product costs seconds, so
+#: layers without a fast exact route are estimated (``--exact`` still forces it).
 UNIT_COLUMNS_LIMIT = 4096
+#: From this many parameters on a model is of real size: defaults that would take hours there
+#: (unit columns, 8 × 80 density probes, 300 Diag++ products) shrink to minutes on a CPU.
+LARGE_MODEL = 1_000_000
+#: Default Diag++ products (shared by every estimated layer), small and large models.
+DIAG_PRODUCTS = {False: 300, True: 150}
+
+
+def diag_products_for(size: int, products: int | None) -> int:
+    """``products`` if given, else the default Diag++ budget for a model of ``size``."""
+    return products or DIAG_PRODUCTS[size >= LARGE_MODEL]
+
+
+def unit_column_budget(op: CurvatureOperator) -> int:
+    """Unit columns (and output-space products per layer) ``diag`` auto may spend on ``op``."""
+    return UNIT_COLUMNS_LIMIT if op.size < LARGE_MODEL else 0
+
+
 TRACE_METHODS = ("auto", "exact", "hutch++", "hutchinson")
 DIAG_MODES = ("auto", "exact", "estimate")
 
@@ -471,8 +489,8 @@ def layer_diagonals(
         diagonal = exact_diagonal(
             op,
             seed=seed,
-            unit_columns_limit=UNIT_COLUMNS_LIMIT if mode == "auto" else None,
-            output_space_limit=UNIT_COLUMNS_LIMIT if mode == "auto" else None,
+            unit_columns_limit=unit_column_budget(op) if mode == "auto" else None,
+            output_space_limit=unit_column_budget(op) if mode == "auto" else None,
             progress=lambda done, total: progress("exact diagonal, layer by layer", done, total),
         )
         output_space = diagonal.output_products
@@ -543,7 +561,7 @@ def run_diag(
     *,
     layer_patterns: list[str],
     mode: str = "auto",
-    products: int = 300,
+    products: int | None = None,
     largest: int = 5,
     progress: Progress = _quiet,
 ) -> Report:
@@ -562,6 +580,7 @@ def run_diag(
     start = time.perf_counter()
     prepared = prepare(request, layer_patterns=layer_patterns)
     op = operator_for(prepared, columns=PROBE_BATCH)
+    products = diag_products_for(op.size, products)
     seed = int(prepared.settings["seed"].value or 0)
     found = layer_diagonals(
         op, mode=mode, products=products, largest=largest, seed=seed, progress=progress

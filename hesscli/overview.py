@@ -31,9 +31,9 @@ from hesscli.algorithms.lockstep import Member, advance_together
 from hesscli.algorithms.trace import t_quantile_975
 from hesscli.analysis import Prepared, Request, operator_for, prepare, report_for
 from hesscli.diagnostics import (
+    LARGE_MODEL,
     MAX_STEPS,
     TOLERANCE,
-    UNIT_COLUMNS_LIMIT,
     Progress,
     _cost,
     _eigenvalues,
@@ -42,7 +42,9 @@ from hesscli.diagnostics import (
     _positive,
     _quiet,
     basis_plan,
+    diag_products_for,
     layer_diagonals,
+    unit_column_budget,
 )
 from hesscli.engine.diagonal import COLUMNS, has_fast_route
 from hesscli.engine.memory import format_size
@@ -95,16 +97,13 @@ class ReportSettings:
     steps: int | None = None
     tol: float | None = None
     max_steps: int | None = None
-    diag_products: int = 300
+    diag_products: int | None = None
     lr: float | None = None
     points: int = 400
     sigma: float | None = None
 
 
 DEFAULTS = ReportSettings()
-#: From this many parameters on a model is of real size: the density's and the report's
-#: defaults shrink so that a run takes minutes on a CPU, not hours (the user can ask for more).
-LARGE_MODEL = 1_000_000
 #: Default (probes, Lanczos steps) of the density, for small and for large models.
 DENSITY_DEFAULTS = {False: (8, 80), True: (4, 40)}
 #: ``report`` on a large model: Lanczos steps at most of the per-layer eigenvalue runs, which
@@ -295,7 +294,7 @@ def _diagonal_plan(op: CurvatureOperator, products: int) -> tuple[int, int]:
     """(data passes, products) the diagonal phase will spend, by the route each layer takes."""
     passes = spent = 0
     estimated = False
-    columns_left = UNIT_COLUMNS_LIMIT
+    columns_left = unit_column_budget(op)
     for block in op.blocks:
         if has_fast_route(op, block):
             passes += 1
@@ -329,16 +328,9 @@ def measure(
     start = time.perf_counter()
     blocks_count = len(prepared.layers)
     op = operator_for(prepared, columns=2 + (settings.probes or 8) + blocks_count)
-    settings = replace(
-        settings,
-        **dict(
-            zip(
-                ("probes", "steps"),
-                density_sizes(op.size, settings.probes, settings.steps),
-                strict=True,
-            )
-        ),
-    )
+    sizes = density_sizes(op.size, settings.probes, settings.steps)
+    diag_products = diag_products_for(op.size, settings.diag_products)
+    settings = replace(settings, probes=sizes[0], steps=sizes[1], diag_products=diag_products)
     assert settings.probes is not None
     assert settings.steps is not None
     seed = prepared.settings["seed"].value
@@ -389,11 +381,11 @@ def measure(
     )
     members = [Member(whole), Member(per_layer, blockwise=True), Member(probes)]
     expected = probes.limit  # the eigenvalue runs usually converge within it
-    diag_passes, diag_products = _diagonal_plan(op, settings.diag_products)
+    diag_passes, diag_spent = _diagonal_plan(op, diag_products)
     width = settings.probes + 1 + len(blocks)
     passes = expected + diag_passes
     held = op.memory.estimate + op.memory.reserve if op.memory is not None else 0
-    planned = [Plan(passes, expected * width + diag_products, math.nan, math.nan, held)]
+    planned = [Plan(passes, expected * width + diag_spent, math.nan, math.nan, held)]
     lockstep_start = time.perf_counter()
 
     def on_step(done: int) -> None:
@@ -416,7 +408,7 @@ def measure(
     diagonals = layer_diagonals(
         op,
         mode="auto",
-        products=settings.diag_products,
+        products=diag_products,
         largest=5,
         seed=int(seed or 0),
         progress=progress,

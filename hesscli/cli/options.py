@@ -281,12 +281,12 @@ ReportMaxSteps = Annotated[
     ),
 ]
 DiagProducts = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--diag-products",
         min=1,
         help="Products for the Diag++ estimate of a layer's diagonal when the layer has no "
-        "fast exact diagonal.",
+        "fast exact diagonal (default 300; 150 from 1M parameters on).",
         rich_help_panel=_ESTIMATION,
     ),
 ]

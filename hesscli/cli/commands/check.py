@@ -96,7 +96,7 @@ def check(
     steps: opt.Steps = 80,
     tol: opt.ReportTol = None,
     max_steps: opt.ReportMaxSteps = None,
-    diag_products: opt.DiagProducts = 300,
+    diag_products: opt.DiagProducts = None,
 ) -> None:
     """Measure like 'report', then test thresholds and a baseline; exit code 1 when one fails.
 

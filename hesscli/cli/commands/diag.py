@@ -44,21 +44,22 @@ def diag(
         typer.Option(
             "--exact/--estimate",
             help="Force the exact diagonal, or a Diag++ estimate. Default: exact where "
-            "affordable (a fast route, or at most 4096 unit columns for all layers together), "
-            "else estimated.",
+            "affordable (a fast route, or, below 1M parameters, at most 4096 unit columns for "
+            "all layers together), else estimated.",
             show_default=False,
             rich_help_panel=_PANEL,
         ),
     ] = None,
     products: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--products",
             min=1,
-            help="Products for the estimate (shared by every estimated layer).",
+            help="Products for the estimate, shared by every estimated layer (default 300; "
+            "150 from 1M parameters on).",
             rich_help_panel=_PANEL,
         ),
-    ] = 300,
+    ] = None,
     largest: Annotated[
         int,
         typer.Option(

@@ -39,7 +39,7 @@ def report(
     steps: opt.Steps = 80,
     tol: opt.ReportTol = None,
     max_steps: opt.ReportMaxSteps = None,
-    diag_products: opt.DiagProducts = 300,
+    diag_products: opt.DiagProducts = None,
     lr: opt.LearningRate = None,
     points: opt.Points = 400,
     sigma: opt.Sigma = None,
