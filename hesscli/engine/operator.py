@@ -48,6 +48,7 @@ from hesscli.engine.memory import (
     plan_memory,
     release_cached,
     total_bytes,
+    trim_heap,
 )
 from hesscli.engine.params import list_layers
 from hesscli.engine.products import Apply, LossFn, MicroBatchLoss
@@ -320,6 +321,8 @@ class CurvatureOperator:
                 self._shrink(exc)
         for total in totals:
             self.group.sum_(total)
+        if self.device.type == "cpu":
+            trim_heap()
         self.counters.data_passes += 1
         self.counters.seconds += time.perf_counter() - start
         return totals
