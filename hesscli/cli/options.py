@@ -157,6 +157,26 @@ TrustPickle = Annotated[
         rich_help_panel=_INPUT,
     ),
 ]
+Strict = Annotated[
+    bool | None,
+    typer.Option(
+        "--strict/--no-strict",
+        help="Refuse checkpoint tensors the model has no place for (default). --no-strict "
+        "ignores them (a loss buffer, a teacher) and lists them; missing or mis-shaped "
+        "weights are refused either way.",
+        show_default=False,
+        rich_help_panel=_INPUT,
+    ),
+]
+CheckpointPrefix = Annotated[
+    str | None,
+    typer.Option(
+        "--checkpoint-prefix",
+        help="Load only the checkpoint keys under this prefix (e.g. 'student'), with the "
+        "prefix removed; the other keys are ignored and listed.",
+        rich_help_panel=_INPUT,
+    ),
+]
 Config = Annotated[
     Path | None,
     typer.Option(

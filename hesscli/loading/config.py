@@ -41,6 +41,8 @@ SETTING_TYPES: dict[str, type | tuple[type, ...]] = {
     "distributed": bool,
     "max_memory": (str, int),
     "normalisation": str,
+    "strict": bool,
+    "checkpoint_prefix": str,
 }
 #: Settings whose value may name code; metadata may only name ``.py`` files in its folder.
 CODE_SETTINGS = ("model", "data", "loss")

@@ -54,6 +54,8 @@ DEFAULTS: dict[str, Any] = {
     "distributed": None,
     "max_memory": None,
     "normalisation": "auto",
+    "strict": True,
+    "checkpoint_prefix": None,
 }
 #: Samples run through the model to check that data, model and loss fit together.
 _PROBE_SAMPLES = 8

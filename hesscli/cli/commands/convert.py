@@ -36,6 +36,8 @@ def convert(
     data: opt.Data = None,
     loss: opt.Loss = None,
     trust_pickle: opt.TrustPickle = False,
+    strict: opt.Strict = None,
+    checkpoint_prefix: opt.CheckpointPrefix = None,
     config: opt.Config = None,
     no_config: opt.NoConfig = False,
     json: opt.Json = False,

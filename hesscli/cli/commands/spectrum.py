@@ -35,6 +35,8 @@ def spectrum(
     max_memory: opt.MaxMemory = None,
     normalisation: opt.Normalisation = None,
     trust_pickle: opt.TrustPickle = False,
+    strict: opt.Strict = None,
+    checkpoint_prefix: opt.CheckpointPrefix = None,
     config: opt.Config = None,
     no_config: opt.NoConfig = False,
     json: opt.Json = False,
