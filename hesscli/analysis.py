@@ -122,7 +122,7 @@ def _checkpoint_info(problem: Problem) -> CheckpointInfo:
         tensors=len(raw.tensors) if raw.module is None else len(raw.module.state_dict()),
         container=raw.container,
         prefix=report.prefix,
-        ignored_entries=list(raw.ignored),
+        ignored_entries=[*raw.ignored, *report.ignored],
         matched=report.matched,
         missing=list(report.missing),
         unexpected=list(report.unexpected),

@@ -1,14 +1,26 @@
 """Read checkpoints, match them to a model, and write self-describing ``.safetensors`` files.
 
-Reads ``.safetensors`` and ``.pt``/``.pth``/``.bin`` files.
+Reads ``.safetensors`` and ``.pt``/``.pth``/``.bin``/``.ckpt`` files.
 A checkpoint's format is sniffed from its first bytes rather than trusted from its extension.
-PyTorch files are read with ``weights_only=True``; a full pickled ``nn.Module`` is only unpickled
-when the caller passes ``trust_pickle=True``, because unpickling runs arbitrary code.
+PyTorch files are read with ``weights_only=True``, which also lets numpy scalars and dtypes
+through (training loops save metrics such as ``best_acc: np.float64``); a full pickled
+``nn.Module`` is only unpickled when the caller passes ``trust_pickle=True``, because unpickling
+runs arbitrary code.
+
+Real training checkpoints hold more than the model: an epoch counter, optimizer states, a loss
+buffer, a teacher network. Matching is strict by default (every checkpoint tensor must have a
+place in the model); ``strict=False`` ignores the tensors the model has no place for, and
+``checkpoint_prefix`` selects the keys of one submodule (``student.``). Whatever is not loaded
+is listed — in :class:`RawCheckpoint.ignored` (entries beside the state dict) and
+:class:`KeyReport.ignored` (tensors left out) — and logged, never dropped silently. Missing or
+mis-shaped weights are refused in every mode: they would leave the model partly at its random
+initialisation, and every curvature number would be wrong without a sign of it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import re
 import struct
@@ -26,12 +38,18 @@ from hesscli.errors import CheckpointError, NumericalError
 
 #: Entries under which training loops and Lightning nest the model's state dict, most likely first.
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
-#: Prefixes added by DataParallel/DDP (``module.``), Lightning (``model.``), ``torch.compile``.
-WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.")
+#: Key prefixes stripped or added to match the model: DataParallel/DDP (``module.``),
+#: ``torch.compile`` (``_orig_mod.``), and the container names as attribute names — a
+#: LightningModule holding its network as ``self.model`` or ``self.net`` saves ``net.fc.weight``.
+WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.", "net.", "network.")
 #: Key of the hesscli defaults inside a ``.safetensors`` header's metadata.
 METADATA_KEY = "hesscli"
 
 _SUFFIXES = ".safetensors, .pt, .pth, .bin, .ckpt"
+#: How many names a one-line message lists before it says ``(+N more)``.
+_LISTED = 8
+
+log = logging.getLogger("hesscli")
 
 
 @dataclass(frozen=True)
@@ -44,7 +62,9 @@ class RawCheckpoint:
         size_bytes: File size.
         tensors: The (unwrapped) state dict; empty when the file holds a pickled module only.
         container: The nested entry the state dict came from (``"state_dict"``...), if any.
-        ignored: Non-tensor entries next to the tensors that were skipped.
+        ignored: Entries that are not part of the state dict and were skipped: the containers'
+            siblings (``epoch``, ``optimizer_states``...) and non-tensor values beside the
+            tensors, as dotted paths (``state_dict.best_acc``).
         module: The pickled ``nn.Module`` when the file holds one (only with ``trust_pickle``).
         metadata: hesscli defaults stored in a ``.safetensors`` header, else empty.
     """
@@ -70,6 +90,9 @@ class KeyReport:
         mismatched: ``(key, checkpoint shape, model shape)`` for keys whose shapes differ.
         tied: ``(alias, source)`` for tied model keys filled from their twin.
         prefix: Wrapper prefix removed from (``-module.``) or added to (``+model.``) the keys.
+        ignored: Checkpoint tensors deliberately left out, by their names in the file: those
+            outside ``checkpoint_prefix``, and under ``strict=False`` those the model has no
+            place for (which strict matching reports as ``unexpected`` instead).
     """
 
     matched: int
@@ -78,6 +101,7 @@ class KeyReport:
     mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
     tied: tuple[tuple[str, str], ...] = ()
     prefix: str = ""
+    ignored: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -132,10 +156,13 @@ def _is_tensor_map(obj: Any) -> bool:
 def unwrap_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], str | None, tuple[str, ...]]:
     """Find the model's state dict inside a loaded checkpoint object.
 
-    Looks at the object itself, then (recursively) under :data:`CONTAINER_KEYS`.
+    Looks at the object itself, then (recursively) under :data:`CONTAINER_KEYS`. Everything
+    else the object holds — an epoch, optimizer states, metrics, a second state dict — is named
+    in the skipped entries, so that a caller can say what it left out.
 
     Returns:
-        The tensors, the dotted container path used (or ``None``), and skipped non-tensor keys.
+        The tensors, the dotted container path used (or ``None``), and the skipped entries as
+        dotted paths (``epoch``, ``state_dict.best_acc``).
     """
     if isinstance(obj, Mapping):
         for key in CONTAINER_KEYS:
@@ -145,7 +172,8 @@ def unwrap_state_dict(obj: Any) -> tuple[dict[str, torch.Tensor], str | None, tu
                 if found is not None:
                     tensors, container, ignored = found
                     path = key if container is None else f"{key}.{container}"
-                    return tensors, path, ignored
+                    siblings = tuple(str(k) for k in obj if k != key)
+                    return tensors, path, siblings + tuple(f"{key}.{name}" for name in ignored)
         if _is_tensor_map(obj):
             tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
             ignored = tuple(str(k) for k, v in obj.items() if not isinstance(v, torch.Tensor))
@@ -173,9 +201,50 @@ def _unsupported_global(message: str) -> str | None:
     return match.group(1) if match else None
 
 
+def numpy_safe_globals() -> list[Any]:
+    """The numpy globals a weights-only load may meet in a plain metric: scalars and dtypes.
+
+    ``torch.save({"best_acc": np.float64(0.93)})`` pickles ``numpy...multiarray.scalar`` and
+    ``numpy.dtype``. Both only rebuild a number from its dtype and raw bytes; an object inside
+    (an ``object`` dtype scalar) is itself unpickled by the same weights-only unpickler, so
+    arbitrary classes stay refused. The scalar is listed under its numpy 1 and numpy 2 module
+    names, so a file written with either loads with either. Arrays are not included.
+
+    Returns:
+        Entries for ``torch.serialization.safe_globals`` (empty when numpy is absent).
+    """
+    try:
+        import numpy as np
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        return []
+    try:
+        from numpy._core.multiarray import scalar  # numpy 2
+    except ImportError:  # pragma: no cover - numpy 1
+        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
+    entries: list[Any] = [
+        np.dtype,
+        (scalar, "numpy.core.multiarray.scalar"),
+        (scalar, "numpy._core.multiarray.scalar"),
+    ]
+    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25: one class per dtype
+    if dtypes is not None:
+        entries += [
+            getattr(dtypes, name)
+            for name in sorted(dir(dtypes))
+            if name.endswith("DType") and isinstance(getattr(dtypes, name), type)
+        ]
+    return entries
+
+
 def _torch_load(path: Path, *, trust_pickle: bool) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        if trust_pickle:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        safe = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+        if safe is None:  # pragma: no cover - older torch: numpy scalars need --trust-pickle
+            return torch.load(path, map_location="cpu", weights_only=True)
+        with safe(numpy_safe_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         culprit = _unsupported_global(str(exc))
         if culprit is not None:
@@ -289,12 +358,44 @@ def _tied_groups(model: nn.Module) -> dict[str, list[str]]:
     return groups
 
 
-def _rename(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+def _rename_keys(keys: tuple[str, ...], change: str) -> tuple[str, ...]:
     """Apply a prefix change: ``-p`` strips ``p`` where present, ``+p`` adds it everywhere."""
-    sign, text = prefix[0], prefix[1:]
+    sign, text = change[0], change[1:]
     if sign == "-":
-        return {k.removeprefix(text): v for k, v in tensors.items()}
-    return {text + k: v for k, v in tensors.items()}
+        return tuple(k.removeprefix(text) for k in keys)
+    return tuple(text + k for k in keys)
+
+
+def _align(
+    keys: tuple[str, ...], model_keys: set[str], max_changes: int = 3
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Search the prefix changes that make the most of ``keys`` model keys.
+
+    Returns:
+        The renamed keys (in the order of ``keys``) and the changes made, shortest first.
+    """
+    best: tuple[int, tuple[str, ...], tuple[str, ...]] = (
+        len(model_keys.intersection(keys)),
+        (),
+        keys,
+    )
+    addable = [p for p in WRAPPER_PREFIXES if any(p in k for k in model_keys)]
+    frontier: list[tuple[tuple[str, ...], tuple[str, ...]]] = [((), keys)]
+    for _ in range(max_changes):
+        next_frontier = []
+        for changes, current in frontier:
+            strippable = [p for p in WRAPPER_PREFIXES if any(k.startswith(p) for k in current)]
+            for change in [f"-{p}" for p in strippable] + [f"+{p}" for p in addable]:
+                renamed = _rename_keys(current, change)
+                if len(set(renamed)) != len(renamed):  # two keys would collide
+                    continue
+                path = (*changes, change)
+                score = len(model_keys.intersection(renamed))
+                if score > best[0]:
+                    best = (score, path, renamed)
+                next_frontier.append((path, renamed))
+        frontier = next_frontier
+    return best[2], best[1]
 
 
 def align_keys(
@@ -308,33 +409,86 @@ def align_keys(
     Returns:
         The renamed tensors and the prefix changes made (e.g. ``"-module."``), ``""`` if none.
     """
-    best = (len(model_keys & tensors.keys()), (), tensors)
-    frontier: list[tuple[tuple[str, ...], dict[str, torch.Tensor]]] = [((), tensors)]
-    for _ in range(max_changes):
-        next_frontier = []
-        for changes, current in frontier:
-            for prefix in WRAPPER_PREFIXES:
-                for change in (f"-{prefix}", f"+{prefix}"):
-                    renamed = _rename(current, change)
-                    if len(renamed) != len(current) or renamed.keys() == current.keys():
-                        continue
-                    path = (*changes, change)
-                    score = len(model_keys & renamed.keys())
-                    if score > best[0]:
-                        best = (score, path, renamed)
-                    next_frontier.append((path, renamed))
-        frontier = next_frontier
-    return best[2], " ".join(best[1])
+    keys = tuple(tensors)
+    renamed, changes = _align(keys, model_keys, max_changes)
+    return {new: tensors[old] for new, old in zip(renamed, keys, strict=True)}, " ".join(changes)
 
 
-def match_keys(tensors: dict[str, torch.Tensor], model: nn.Module) -> tuple[KeyReport, dict]:
+def _as_prefix(text: str) -> str:
+    """``student`` or ``student.`` as the key prefix ``student.``; refuse an empty one."""
+    prefix = text.strip().rstrip(".")
+    if not prefix:
+        raise CheckpointError(
+            "--checkpoint-prefix is empty", "name the submodule to load, e.g. 'student'"
+        )
+    return prefix + "."
+
+
+def _first_components(keys: list[str]) -> list[str]:
+    """The distinct first dotted components of ``keys``, in order of first appearance."""
+    return list(dict.fromkeys(k.split(".", 1)[0] for k in keys if "." in k))
+
+
+def select_prefix(
+    tensors: dict[str, torch.Tensor], checkpoint_prefix: str
+) -> tuple[dict[str, torch.Tensor], tuple[str, ...], str]:
+    """Keep the tensors under ``checkpoint_prefix`` (the prefix removed) and name the others.
+
+    Returns:
+        The selected tensors, the keys left out (as in the file), and the change ``-prefix.``.
+
+    Raises:
+        CheckpointError: when no key starts with the prefix, listing the prefixes there are.
+    """
+    prefix = _as_prefix(checkpoint_prefix)
+    inside = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+    if not inside:
+        there = ", ".join(f"{c!r}" for c in _first_components(list(tensors))[:_LISTED])
+        raise CheckpointError(
+            f"no checkpoint key starts with {prefix!r} (--checkpoint-prefix)",
+            f"pass one of the prefixes the checkpoint has: {there}"
+            if there
+            else "drop --checkpoint-prefix: the checkpoint's keys have no prefix",
+        )
+    outside = tuple(k for k in tensors if not k.startswith(prefix))
+    return inside, outside, f"-{prefix}"
+
+
+def match_keys(
+    tensors: dict[str, torch.Tensor],
+    model: nn.Module,
+    *,
+    strict: bool = True,
+    checkpoint_prefix: str | None = None,
+) -> tuple[KeyReport, dict]:
     """Compare a state dict with a model's, after aligning wrapper prefixes.
+
+    Args:
+        tensors: The checkpoint's state dict.
+        model: The model to fill.
+        strict: Report checkpoint tensors the model has no place for as ``unexpected`` (an
+            error for :func:`load_into`); when false they are ``ignored`` instead.
+        checkpoint_prefix: Use only the keys under this prefix (``student`` or ``student.``),
+            with the prefix removed; the others are ``ignored``.
 
     Returns:
         The report, and the aligned state dict restricted to the model's keys.
     """
     model_state = model.state_dict()
-    aligned, prefix = align_keys(tensors, set(model_state))
+    outside: tuple[str, ...] = ()
+    changes: tuple[str, ...] = ()
+    originals = tuple(tensors)
+    if checkpoint_prefix is not None:
+        selected, outside, change = select_prefix(tensors, checkpoint_prefix)
+        left_out = set(outside)
+        originals = tuple(k for k in tensors if k not in left_out)
+        changes = (change,)
+        tensors = selected
+    keys = tuple(tensors)
+    renamed, found = _align(keys, set(model_state))
+    changes += found
+    aligned = {new: tensors[old] for new, old in zip(renamed, keys, strict=True)}
+    in_file = dict(zip(renamed, originals, strict=True))  # aligned name -> name in the checkpoint
     tied_twins = _tied_groups(model)
     missing, tied, mismatched = [], [], []
     for key, value in model_state.items():
@@ -348,10 +502,37 @@ def match_keys(tensors: dict[str, torch.Tensor], model: nn.Module) -> tuple[KeyR
             missing.append(key)
         else:
             tied.append((key, twin))
-    unexpected = tuple(k for k in aligned if k not in model_state)
+    extra = tuple(in_file[k] for k in aligned if k not in model_state)
+    unexpected, ignored = (extra, outside) if strict else ((), outside + extra)
     matched = len(model_state) - len(missing) - len(mismatched)
-    report = KeyReport(matched, tuple(missing), unexpected, tuple(mismatched), tuple(tied), prefix)
+    report = KeyReport(
+        matched,
+        tuple(missing),
+        unexpected,
+        tuple(mismatched),
+        tuple(tied),
+        " ".join(changes),
+        ignored,
+    )
     return report, {k: v for k, v in aligned.items() if k in model_state}
+
+
+def submodule_prefixes(tensors: Mapping[str, torch.Tensor], model: nn.Module) -> list[str]:
+    """First key components under which more of the model's keys are found than at the top.
+
+    A distillation or EMA checkpoint holds the network twice (``student.``/``teacher.``); this
+    finds such copies, best match first, to suggest ``--checkpoint-prefix``.
+    """
+    model_keys = set(model.state_dict())
+    at_top = len(model_keys.intersection(_align(tuple(tensors), model_keys)[0]))
+    scored = []
+    for first in _first_components(list(tensors)):
+        prefix = first + "."
+        inside = tuple(k.removeprefix(prefix) for k in tensors if k.startswith(prefix))
+        score = len(model_keys.intersection(_align(inside, model_keys)[0]))
+        if score > at_top:
+            scored.append((-score, first))
+    return [first for _, first in sorted(scored)]
 
 
 def _shape(shape: tuple[int, ...]) -> str:
@@ -395,21 +576,78 @@ def check_finite_state(tensors: Mapping[str, torch.Tensor], *, where: str) -> No
         )
 
 
-def load_into(model: nn.Module, raw: RawCheckpoint) -> KeyReport:
+def listing(names: tuple[str, ...] | list[str], limit: int = _LISTED) -> str:
+    """``a, b, c (+N more)``: the first ``limit`` names on one line."""
+    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
+    return ", ".join(names[:limit]) + more
+
+
+def _fit_hint(report: KeyReport, raw: RawCheckpoint, model: nn.Module, *, strict: bool) -> str:
+    """The fix to suggest when a checkpoint does not fit: the likeliest one first."""
+    if not (report.missing or report.mismatched):  # extra tensors only: strict refused them
+        return (
+            "if they are not part of the model (a loss buffer, a teacher, an EMA copy), pass "
+            "--no-strict to load the rest and list them as ignored"
+        )
+    copies = submodule_prefixes(raw.tensors, model) if report.prefix == "" else []
+    if len(copies) == 1:
+        return f"the model's weights are under {copies[0]!r}: pass --checkpoint-prefix {copies[0]}"
+    if copies:
+        names = " and ".join(f"{c!r}" for c in copies[:3])
+        return (
+            f"the checkpoint holds the model under {names}: pass --checkpoint-prefix with the "
+            "one to analyse"
+        )
+    relaxed = "" if strict else "; --no-strict ignores extra tensors, never missing weights"
+    return f"check --model and --model-kwargs match the checkpoint's architecture{relaxed}"
+
+
+def load_into(
+    model: nn.Module,
+    raw: RawCheckpoint,
+    *,
+    strict: bool = True,
+    checkpoint_prefix: str | None = None,
+) -> KeyReport:
     """Load ``raw``'s tensors into ``model`` after checking every key and shape.
 
+    What was not loaded — entries beside the state dict, and tensors left out by
+    ``checkpoint_prefix`` or ``strict=False`` — is logged as one ``hesscli`` line and returned
+    in :attr:`KeyReport.ignored` (with :attr:`RawCheckpoint.ignored`), so nothing is dropped
+    silently.
+
+    Args:
+        model: The model to fill.
+        raw: The checkpoint.
+        strict: Refuse checkpoint tensors the model has no place for.
+        checkpoint_prefix: Load only the keys under this prefix (see :func:`match_keys`).
+
     Raises:
-        CheckpointError: listing all missing, unexpected and mis-shaped keys.
+        CheckpointError: listing all missing, unexpected and mis-shaped keys, with the likeliest
+            fix (``--no-strict``, ``--checkpoint-prefix``, or the model's options).
         NumericalError: naming the weights that hold NaN or Inf.
     """
-    report, state = match_keys(raw.tensors, model)
+    report, state = match_keys(
+        raw.tensors, model, strict=strict, checkpoint_prefix=checkpoint_prefix
+    )
     if not report.ok:
         raise CheckpointError(
             f"checkpoint {raw.path} does not fit the model: {describe_mismatch(report)}",
-            "check --model and --model-kwargs match the checkpoint's architecture",
+            _fit_hint(report, raw, model, strict=strict),
         )
     check_finite_state(state, where=f"checkpoint {raw.path.name} weights")
     model.load_state_dict(state, strict=False)
+    skipped = (*raw.ignored, *report.ignored)
+    if skipped:
+        log.info(
+            "checkpoint %s: loaded %d tensors%s%s; ignored %d entries: %s",
+            raw.path.name,
+            len(state),
+            f" from {raw.container!r}" if raw.container else "",
+            f" (prefix {report.prefix})" if report.prefix else "",
+            len(skipped),
+            listing(skipped),
+        )
     return report
 
 

@@ -191,7 +191,12 @@ def load_problem(settings: dict[str, Sourced], *, trust_pickle: bool = False) ->
         report = KeyReport(matched=len(state))
     else:
         source = raw if raw.module is None else _as_state(raw)
-        report = load_into(model, source)
+        report = load_into(
+            model,
+            source,
+            strict=bool(settings["strict"].value),
+            checkpoint_prefix=settings["checkpoint_prefix"].value,
+        )
     if not any(p.requires_grad for p in model.parameters()):
         raise ModelSpecError(
             f"model {label} has no trainable parameters",
