@@ -77,3 +77,18 @@ class MemoryLimitError(HesscliError):
 
 class DistributedError(HesscliError):
     """The distributed run cannot be set up (launcher, backend or data sharding)."""
+
+
+class UserCodeError(HesscliError):
+    """The user's own code (model, data factory, loss) raised, or ended the process.
+
+    The message says which code, what it raised, and where the run was (stage and micro-batch),
+    so that the user can reproduce the failure without hesscli.
+    """
+
+
+class PeerFailedError(DistributedError):
+    """Another process of a distributed launch failed, so this one cannot go on.
+
+    Its peer printed the reason; this process only says that it stops because of it.
+    """

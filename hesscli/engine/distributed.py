@@ -11,14 +11,17 @@ numbers and takes the same decisions; no vector is broadcast. Launch with
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from hesscli.engine.weighting import Weighting, local_units
-from hesscli.errors import DataError, DistributedError
+from hesscli.errors import DataError, DistributedError, PeerFailedError
 from hesscli.loading.data import Dataset
 
 #: Environment variables a launcher (torchrun, or srun/mpirun set up alike) provides.
@@ -26,6 +29,31 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 _CPU = torch.device("cpu")
+
+
+@contextlib.contextmanager
+def _collective(what: str) -> Iterator[None]:
+    """Turn a collective that fails because a peer went away into one clear line.
+
+    When one rank stops (a clean error, or the launcher killing it), its peers' pending
+    collectives fail with a backend error (gloo: "Connection closed by peer"). That is not
+    this rank's fault: it says that a peer failed, and the peer's own message says why.
+    Running out of memory inside a collective stays what it is.
+    """
+    try:
+        yield
+    except RuntimeError as exc:  # torch.distributed.DistBackendError is a RuntimeError
+        text = str(exc).strip()
+        if "out of memory" in text.lower():
+            raise
+        first = text.splitlines()[0] if text else type(exc).__name__
+        first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[.../pair.cc:553] " prefix
+        first = first.split(". ")[0][:160]
+        raise PeerFailedError(
+            f"another process of this launch failed, so the {what} across processes could "
+            f"not complete ({first})",
+            "see that process's message above, fix it and relaunch",
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -59,10 +87,12 @@ class Group:
         if not self.active:
             return tensor
         if tensor.device == self.device:
-            dist.all_reduce(tensor)
+            with _collective("sum"):
+                dist.all_reduce(tensor)
             return tensor
         moved = tensor.to(self.device)
-        dist.all_reduce(moved)
+        with _collective("sum"):
+            dist.all_reduce(moved)
         tensor.copy_(moved)
         return tensor
 
@@ -72,7 +102,8 @@ class Group:
             return [value]
         mine = torch.tensor([value], dtype=torch.int64, device=self.device)
         every = [torch.zeros_like(mine) for _ in range(self.world_size)]
-        dist.all_gather(every, mine)
+        with _collective("exchange of counts"):
+            dist.all_gather(every, mine)
         return [int(t) for t in every]
 
     def everywhere(self, flag: bool) -> bool:
@@ -80,7 +111,8 @@ class Group:
         if not self.active:
             return flag
         box = torch.tensor([int(flag)], dtype=torch.int64, device=self.device)
-        dist.all_reduce(box, op=dist.ReduceOp.MIN)
+        with _collective("agreement"):
+            dist.all_reduce(box, op=dist.ReduceOp.MIN)
         return bool(box.item())
 
     def agree(self, choice: str) -> str:
@@ -88,7 +120,8 @@ class Group:
         if not self.active:
             return choice
         box = [choice]
-        dist.broadcast_object_list(box, src=0, device=self.device)
+        with _collective("agreement"):
+            dist.broadcast_object_list(box, src=0, device=self.device)
         return str(box[0])
 
 
@@ -153,7 +186,8 @@ def leave() -> None:
     makes gloo abort the process (SIGABRT) at exit.
     """
     if dist.is_initialized():
-        dist.barrier()
+        with _collective("final barrier"):
+            dist.barrier()
         dist.destroy_process_group()
 
 

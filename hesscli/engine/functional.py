@@ -7,7 +7,9 @@ treats the dict as overrides, so frozen parameters and buffers stay the module's
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,6 +23,33 @@ from hesscli.loading.data import Batch, Dataset, Inputs, map_inputs
 DEFAULT_MICRO_BATCH = 512
 
 Params = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class MicroBatchPosition:
+    """Which micro-batch :func:`micro_batches` handed out last: for error messages only.
+
+    Attributes:
+        index: 1-based number of the micro-batch.
+        count: Micro-batches in the pass.
+        first: Index of its first sample (in this process's data).
+        stop: One past its last sample.
+    """
+
+    index: int
+    count: int
+    first: int
+    stop: int
+
+
+_POSITION: contextvars.ContextVar[MicroBatchPosition | None] = contextvars.ContextVar(
+    "hesscli_micro_batch", default=None
+)
+
+
+def current_micro_batch() -> MicroBatchPosition | None:
+    """The micro-batch being worked on, so that a failure in the user's code can say which."""
+    return _POSITION.get()
 
 
 def trainable_parameters(model: nn.Module) -> Params:
@@ -92,10 +121,15 @@ def micro_batches(
     step = size or DEFAULT_MICRO_BATCH
     if weighting is None:
         weighting = Weighting(SAMPLES, dataset.num_samples, dataset.num_samples)
-    offset = 0
+    count = sum(-(-batch.size // step) for batch in dataset.batches)
+    offset, index = 0, 0
     for batch in dataset.batches:
         for start in range(0, batch.size, step):
             part = batch.slice(start, min(start + step, batch.size))
+            index += 1
+            _POSITION.set(
+                MicroBatchPosition(index, count, offset + start, offset + start + part.size)
+            )
             weight = weighting.weight(part)
             if weight > 0:
                 yield offset + start, part, weight

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from hesscli.errors import DataError
+from hesscli.loading.guard import refuse_special_file
 from hesscli.loading.imports import absolute_path, looks_like_spec, parse_spec, resolve_object
 
 INPUT_KEYS = ("inputs", "x", "input", "X", "features")
@@ -249,10 +250,8 @@ def _call_factory(spec_text: str, *, base: Path) -> list[Batch]:
     where = f"data factory {spec_text}"
     try:
         produced = factory()
-    except Exception as exc:
-        raise DataError(
-            f"{where} raised {type(exc).__name__}: {exc}", "fix the factory function"
-        ) from exc
+    except (Exception, SystemExit) as exc:
+        raise DataError(f"{where} {_failure(exc)}", "fix the factory function") from exc
     single_pair = (
         isinstance(produced, tuple | list)
         and len(produced) == 2
@@ -265,7 +264,26 @@ def _call_factory(spec_text: str, *, base: Path) -> list[Batch]:
             f"{where} returned a {type(produced).__name__}",
             "return (inputs, targets), a dict, or an iterable of such batches",
         )
-    return [_from_object(item, where=f"{where} batch {i}") for i, item in enumerate(produced)]
+    batches, items = [], iter(produced)
+    while True:  # the factory's own code runs on each step of a generator
+        try:
+            item = next(items)
+        except StopIteration:
+            return batches
+        except (Exception, SystemExit) as exc:
+            raise DataError(
+                f"{where} {_failure(exc)} while producing batch {len(batches)}",
+                "fix the factory function",
+            ) from exc
+        batches.append(_from_object(item, where=f"{where} batch {len(batches)}"))
+
+
+def _failure(exc: BaseException) -> str:
+    """What user code did, for a message: ``raised Type: message`` or ``called sys.exit(c)``."""
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r})"
+    text = " ".join(str(exc).split())
+    return f"raised {type(exc).__name__}: {text}" if text else f"raised {type(exc).__name__}"
 
 
 def _truncate(batches: list[Batch], max_samples: int | None) -> Iterator[Batch]:
@@ -302,6 +320,7 @@ def load_data(spec: str, *, base: Path, max_samples: int | None = None) -> Datas
             raise DataError(
                 f"data path {path} is a directory", "pass a .pt, .safetensors or .npz file"
             )
+        refuse_special_file(path, what="data file", error=DataError)  # never open a FIFO
         batch, kind = _read_file(path)
         raw, source = [batch], str(path)
     else:

@@ -1,6 +1,9 @@
 """Resolve ``path/to/file.py:Name`` and ``package.module:Name`` specs to Python objects.
 
-Model definitions, data factories and custom losses are all named this way.
+Model definitions, data factories and custom losses are all named this way. Every file and
+module imported here is remembered as the user's code (:func:`user_code_role`), so that the
+command line's error boundary can tell a failure inside the user's code (one line, exit 2) from
+a hesscli bug (a traceback).
 """
 
 from __future__ import annotations
@@ -18,6 +21,46 @@ from types import ModuleType
 from typing import Any
 
 from hesscli.errors import CheckpointError, HesscliError
+
+#: Files and module names imported as user code, with what they were imported as ("model"...).
+_USER_FILES: dict[str, str] = {}
+_USER_MODULES: dict[str, str] = {}
+
+
+def _remember(module: ModuleType, role: str) -> None:
+    """Record ``module`` (its file and name) as user code of ``role``; the first role stays.
+
+    Modules of torch and of hesscli itself are not recorded (``torch.nn.functional:mse_loss``
+    names a loss, but torch's own frames appear in every traceback).
+    """
+    if module.__name__.partition(".")[0] in {"torch", "hesscli"}:
+        return
+    _USER_MODULES.setdefault(module.__name__, role)
+    file = getattr(module, "__file__", None)
+    if file:
+        _USER_FILES.setdefault(str(Path(file).resolve()), role)
+
+
+def user_code_role(filename: str, module_name: str | None) -> str | None:
+    """What a code location was imported as (``"model"``, ``"data factory"``, ``"loss"``...).
+
+    Args:
+        filename: A frame's ``co_filename``.
+        module_name: The frame's ``__name__`` global, if any.
+
+    Returns:
+        The role, when the location is in a file or module hesscli imported for the user (or
+        in a submodule of such a package), else ``None``.
+    """
+    if module_name:
+        for name, role in _USER_MODULES.items():
+            if module_name == name or module_name.startswith(name + "."):
+                return role
+    try:
+        resolved = str(Path(filename).resolve())
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return _USER_FILES.get(resolved)
 
 
 def absolute_path(text: str | Path, base: Path) -> Path:
@@ -116,10 +159,13 @@ def _on_sys_path(directory: Path) -> Iterator[None]:
 
 
 def _import_file(path: Path, *, what: str, error: type[HesscliError]) -> ModuleType:
+    from hesscli.loading.guard import refuse_special_file  # guard imports this module
+
     if not path.exists():
         raise error(f"{what} file not found: {path}", "check the path before the ':'")
     if path.is_dir():
         raise error(f"{what} file {path} is a directory", "name a .py file, e.g. dir/model.py:Net")
+    refuse_special_file(path, what=f"{what} file", error=error)
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:10]
     module_name = f"_hesscli_user_{path.stem}_{digest}"
     if module_name in sys.modules:
@@ -129,6 +175,7 @@ def _import_file(path: Path, *, what: str, error: type[HesscliError]) -> ModuleT
         raise error(f"cannot import {what} file {path}", "name a Python source file ending in .py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
+    _remember(module, what)
     try:
         with _on_sys_path(path.parent):
             spec.loader.exec_module(module)
@@ -138,29 +185,39 @@ def _import_file(path: Path, *, what: str, error: type[HesscliError]) -> ModuleT
             f"{what} file {path} has a syntax error at line {exc.lineno}: {exc.msg}",
             "fix the file",
         ) from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         del sys.modules[module_name]
         raise error(
-            f"importing {what} file {path} failed: {type(exc).__name__}: {exc}",
+            f"importing {what} file {path} failed: {_raised(exc)}",
             "fix the file or install what it imports",
         ) from exc
     return module
 
 
+def _raised(exc: BaseException) -> str:
+    """``Type: message`` of an exception from user code, in words for ``sys.exit``."""
+    if isinstance(exc, SystemExit):
+        return f"it called sys.exit({exc.code!r})"
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
 def _import_module(name: str, *, base: Path, what: str, error: type[HesscliError]) -> ModuleType:
     try:
         with _on_sys_path(base):
-            return importlib.import_module(name)
+            module = importlib.import_module(name)
     except ModuleNotFoundError as exc:
         raise error(
             f"{what} module {name!r} not found ({exc})",
             "check the spelling, install the package, or use path/to/file.py:Name",
         ) from exc
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
         raise error(
-            f"importing {what} module {name!r} failed: {type(exc).__name__}: {exc}",
+            f"importing {what} module {name!r} failed: {_raised(exc)}",
             "fix the module or install what it imports",
         ) from exc
+    _remember(module, what)
+    return module
 
 
 def public_names(module: ModuleType) -> list[str]:

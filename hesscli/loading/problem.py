@@ -32,6 +32,7 @@ from hesscli.loading.config import (
     read_config,
 )
 from hesscli.loading.data import Dataset, apply_model, input_tensors, load_data
+from hesscli.loading.guard import refuse_special_file
 from hesscli.loading.imports import absolute_path, looks_like_spec, package_file
 from hesscli.loading.losses import Loss, check_class_range, check_fit, resolve_loss
 from hesscli.loading.model_spec import build_model, parse_model_kwargs
@@ -183,6 +184,7 @@ def load_problem(settings: dict[str, Sourced], *, trust_pickle: bool = False) ->
         trust_pickle: Allow unpickling a full ``nn.Module`` (runs code from the file).
     """
     path = Path(settings["checkpoint"].value)
+    refuse_special_file(path, what="checkpoint", error=CheckpointError)  # never open a FIFO
     raw = read_checkpoint(path, trust_pickle=trust_pickle)
     model, label = _build(settings, raw)
     if raw.module is not None and model is raw.module:

@@ -11,7 +11,7 @@ from hesscli.cli.output import is_main_rank, stderr_console
 from hesscli.cli.render.overview_tables import plan_line
 from hesscli.cli.render.plots import PlotUnavailable, supported_formats
 from hesscli.errors import ConfigError
-from hesscli.loading.guard import refuse_to_overwrite
+from hesscli.loading.guard import check_outputs_differ, refuse_to_overwrite
 from hesscli.results import Plan, Report
 
 NO_MATPLOTLIB = (
@@ -47,19 +47,10 @@ def check_plot_target(
     """
     if plot is None:
         return
-    try:
-        refuse_to_overwrite(plot, inputs)
-    except ConfigError as exc:  # the guard words its message for --output
-        raise ConfigError(exc.problem.replace("--output", "--plot", 1), exc.fix) from None
-    target = plot.expanduser()
-    if output is not None and output.expanduser().resolve() == target.resolve():
-        raise ConfigError(f"--plot and --output both name {plot}", "give them different files")
-    if not target.parent.is_dir():
-        raise ConfigError(
-            f"--plot {plot}: folder {target.parent} does not exist", "create it or name another"
-        )
+    refuse_to_overwrite(plot, inputs, option="--plot")
+    check_outputs_differ(output, plot)
     formats = supported_formats()
-    suffix = target.suffix.lower().removeprefix(".")
+    suffix = plot.expanduser().suffix.lower().removeprefix(".")
     if formats is not None and suffix and suffix not in formats:
         raise ConfigError(
             f"--plot {plot}: matplotlib cannot write .{suffix} files",
@@ -68,10 +59,10 @@ def check_plot_target(
 
 
 def write_plot(draw: Callable[[Report, Path], None], report: Report, plot: Path | None) -> None:
-    """Draw ``report`` to ``plot`` (after the result is printed); a missing matplotlib is a note.
+    """Draw ``report`` to ``plot`` (before the result is printed); no matplotlib is a note.
 
-    The result is already on stdout, so without matplotlib the run still succeeds: one note on
-    stderr says how to get plots.
+    Drawn first so that a plot that cannot be written fails the run before stdout carries a
+    result. Without matplotlib the run still succeeds: one note on stderr says how to get plots.
     """
     if plot is None or not is_main_rank():
         return

@@ -103,5 +103,5 @@ def compare(
         )
     refuse_to_overwrite(output, report.input_files)
     check_plot_target(plot, report.input_files, output)
-    emit(report, as_json=json, output=output, table=compare_renderable)
     write_plot(trajectory_plot, report, plot)
+    emit(report, as_json=json, output=output, table=compare_renderable)

@@ -79,5 +79,5 @@ def density(
         )
     refuse_to_overwrite(output, report.input_files)
     check_plot_target(plot, report.input_files, output)
-    emit(report, as_json=json, output=output, table=density_renderable)
     write_plot(density_plot, report, plot)
+    emit(report, as_json=json, output=output, table=density_renderable)

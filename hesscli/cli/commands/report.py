@@ -79,5 +79,5 @@ def report(
         )
     refuse_to_overwrite(output, result.input_files)
     check_plot_target(plot, result.input_files, output)
-    emit(result, as_json=json, output=output, table=report_renderable)
     write_plot(density_plot, result, plot)
+    emit(result, as_json=json, output=output, table=report_renderable)
