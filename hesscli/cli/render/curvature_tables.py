@@ -6,144 +6,109 @@ Only formatting happens here; every number comes from the result objects.
 from __future__ import annotations
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
+from hesscli.cli.render.common import (
+    WHOLE,
+    footer,
+    general,
+    heading,
+    sci,
+    short,
+)
+from hesscli.cli.render.fit import Column, FitTable
 from hesscli.results import (
     DiagonalResults,
+    DiagonalSummary,
     Eigenvalue,
-    Engine,
     Report,
-    RunSettings,
     Spectrum,
     SpectrumResults,
     TraceResults,
 )
 
-WHOLE = "(all selected)"
+__all__ = ["WHOLE", "diag_renderable", "spectrum_renderable", "trace_renderable"]
 
-
-def _g(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
-
-
-def _short(value: float) -> str:
-    return f"{value:.3g}"
-
-
-def _e(value: float) -> str:
-    return f"{value:.1e}"
-
-
-def _title(report: Report, what: str) -> str:
-    inputs, settings = report.inputs, report.settings
-    return (
-        f"{what} of the {settings.curvature} — {inputs.model}, {inputs.samples:,} samples, "
-        f"{inputs.trainable_parameters:,} trainable parameters, {settings.dtype} on "
-        f"{settings.device}"
-    )
-
-
-def run_lines(settings: RunSettings) -> list[str]:
-    """How the run computed: the loss's normalisation, the processes, the memory plan."""
-    lines = []
-    if settings.normalisation is not None:
-        lines.append(f"loss: {settings.normalisation.description}")
-    if settings.distributed is not None:
-        shards = " + ".join(f"{n:,}" for n in settings.distributed.samples_per_rank)
-        lines.append(
-            f"processes: {settings.distributed.world_size} ({settings.distributed.backend}), "
-            f"samples per rank {shards}"
-        )
-    return lines
-
-
-def _footer(report: Report, engine: Engine, extra: str = "") -> Text:
-    cost = report.cost
-    lines = [
-        f"cost: {cost.seconds:.2f} s, {cost.hvps:,} curvature-vector products over all samples "
-        f"in {cost.data_passes:,} data passes (+{cost.check_hvps} route-check products"
-        + (
-            f", {cost.output_space_products:,} layer-output-space products"
-            if cost.output_space_products
-            else ""
-        )
-        + ")",
-        f"route: {engine.route} — {engine.reason}",
-        *([f"attention: {engine.attention}"] if engine.attention else []),
-        *run_lines(report.settings),
-    ]
-    if extra:
-        lines.insert(0, extra)
-    return Text("\n".join(lines), style="dim")
+NAME = Column("layer", "name", "left")
 
 
 def _values(pairs: list[Eigenvalue]) -> str:
-    return ", ".join(_g(p.value) for p in pairs) or "-"
+    return ", ".join(general(p.value) for p in pairs) or "-"
 
 
 def _first(pairs: list[Eigenvalue]) -> tuple[str, str]:
-    return (_g(pairs[0].value), _e(pairs[0].residual)) if pairs else ("-", "-")
+    return (general(pairs[0].value), sci(pairs[0].residual)) if pairs else ("-", "-")
 
 
-def _spectrum_row(table: Table, name: str, spectrum: Spectrum | SpectrumResults, size: int) -> None:
+SPECTRUM_COLUMNS = [
+    NAME,
+    Column("params", drop=3),
+    Column("λmax"),
+    Column("residual", drop=4),
+    Column("next largest", "text", "left", drop=1),
+    Column("λmin"),
+    Column("residual", drop=5),
+    Column("converged", justify="center"),
+    Column("steps", drop=2),
+]
+
+
+def _spectrum_row(name: str, spectrum: Spectrum | SpectrumResults, size: int) -> list[str | Text]:
     top, bottom = spectrum.top, spectrum.bottom
     converged = all(p.converged for p in [*top, *bottom])
-    table.add_row(
+    return [
         name,
         f"{size:,}",
         *_first(top),
         _values(top[1:]),
         *_first(bottom),
-        "yes" if converged else "[bold red]NO[/]",
+        Text("yes") if converged else Text("NO", style="bold red"),
         f"{spectrum.steps}" + (" (exact)" if spectrum.exact else ""),
-    )
+    ]
 
 
 def spectrum_renderable(report: Report) -> RenderableType:
     """One row for the selected layers together, then one per layer with ``--per-layer``."""
     results = report.results
     assert isinstance(results, SpectrumResults)
-    table = Table(title=_title(report, "Extreme eigenvalues"), title_justify="left")
-    for column, justify in [
-        ("layer", "left"),
-        ("params", "right"),
-        ("λmax", "right"),
-        ("residual", "right"),
-        ("next largest", "left"),
-        ("λmin", "right"),
-        ("residual", "right"),
-        ("converged", "center"),
-        ("steps", "right"),
-    ]:
-        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    _spectrum_row(table, WHOLE, results, report.inputs.trainable_parameters)
-    for name, layer in results.layers.items():
-        _spectrum_row(table, name, layer, layer.parameters)
+    rows = [_spectrum_row(WHOLE, results, report.inputs.trainable_parameters)]
+    rows += [_spectrum_row(name, layer, layer.parameters) for name, layer in results.layers.items()]
     note = (
         f"residual = ‖Cy − λy‖ recomputed from products; converged: residual ≤ "
         f"{results.tolerance:.0e} × ‖C‖"
     )
-    return Group(table, _footer(report, results.engine, note))
+    return Group(
+        heading(report, "Extreme eigenvalues"),
+        FitTable(SPECTRUM_COLUMNS, rows),
+        footer(report, results.engine, note),
+    )
+
+
+TRACE_COLUMNS = [
+    NAME,
+    Column("parameters", drop=2),
+    Column("trace"),
+    Column("± stderr"),
+    Column("95 % interval ±", drop=1),
+    Column("exact", drop=3),
+]
 
 
 def trace_renderable(report: Report) -> RenderableType:
     """Total trace and every layer's, with standard errors and 95 % intervals."""
     results = report.results
     assert isinstance(results, TraceResults)
-    table = Table(title=_title(report, "Trace"), title_justify="left")
-    for column in ["layer", "parameters", "trace", "± stderr", "95 % interval ±", "exact"]:
-        table.add_column(column, justify="left" if column == "layer" else "right")
-    rows = [(WHOLE, results.trace), *results.layers.items()]
-    for name, trace in rows:
-        table.add_row(
+    rows: list[list[str | Text]] = [
+        [
             name,
             f"{trace.parameters:,}",
-            _g(trace.value),
-            "0" if trace.exact else _e(trace.stderr),
-            "0" if trace.exact else _e(trace.interval),
+            general(trace.value),
+            "0" if trace.exact else sci(trace.stderr),
+            "0" if trace.exact else sci(trace.interval),
             "yes" if trace.exact else "no",
-        )
+        ]
+        for name, trace in [(WHOLE, results.trace), *results.layers.items()]
+    ]
     if results.method == "exact":
         how = "method: exact (sum of the exact diagonal)"
     else:
@@ -153,34 +118,70 @@ def trace_renderable(report: Report) -> RenderableType:
             f"probes); stopped on {results.stopped} (target relative error {target}, budget "
             f"{results.budget if results.budget is not None else '-'})"
         )
-    return Group(table, _footer(report, results.engine, how))
+    return Group(
+        heading(report, "Trace"),
+        FitTable(TRACE_COLUMNS, rows),
+        footer(report, results.engine, how),
+    )
+
+
+DIAG_COLUMNS = [
+    NAME,
+    Column("count", drop=5),
+    Column("mean"),
+    Column("std", drop=3),
+    Column("min"),
+    Column("median", drop=2),
+    Column("max"),
+    Column("neg"),
+    Column("sum", drop=4),
+    Column("exact"),
+    Column("largest |entry|", "text", "left", drop=1),
+]
+
+
+def _largest(s: DiagonalSummary) -> str:
+    """The largest |entry| and where it is: ``0.126 at fc3.weight[1,19]``."""
+    if not s.largest:
+        return "-"
+    top = s.largest[0]
+    return f"{short(top.value)} at {top.parameter}[{','.join(map(str, top.index))}]"
+
+
+def _methods(results: DiagonalResults) -> str:
+    """How each layer's diagonal was obtained, grouped by method (the JSON has each layer's)."""
+    groups: dict[str, list[str]] = {}
+    for name, s in results.layers.items():
+        groups.setdefault(s.method, []).append(name)
+    parts = [
+        f"{method} ({', '.join(names) if len(names) <= 4 else f'{len(names)} layers'})"
+        for method, names in groups.items()
+    ]
+    return "methods: " + "; ".join(parts)
 
 
 def diag_renderable(report: Report) -> RenderableType:
     """Statistics of every layer's diagonal, and its largest |entries|."""
     results = report.results
     assert isinstance(results, DiagonalResults)
-    table = Table(title=_title(report, "Diagonal"), title_justify="left")
-    columns = ["layer", "count", "mean", "std", "min", "median", "max"]
-    columns += ["neg", "sum", "exact", "largest |entry|"]
-    for column in columns:
-        table.add_column(
-            column,
-            justify="left" if column in ("layer", "largest |entry|") else "right",
-            overflow="fold",
-        )
-    for name, s in results.layers.items():
-        top = s.largest[0] if s.largest else None
-        where = "-" if top is None else f"{top.parameter}{top.index} {_short(top.value)}"
-        table.add_row(
+    rows: list[list[str | Text]] = [
+        [
             name,
             f"{s.count:,}",
-            *(_short(v) for v in (s.mean, s.std, s.min, s.median, s.max)),
+            *(short(v) for v in (s.mean, s.std, s.min, s.median, s.max)),
             f"{s.fraction_negative:.0%}",
-            _short(s.sum),
-            "yes" if s.exact else f"no (±{_e(s.stderr)})",
-            where,
-        )
-    methods = "\n".join(f"{name}: {s.method}" for name, s in results.layers.items())
-    note = "neg = fraction of negative entries; p01/p99 and the largest entries are in --json\n"
-    return Group(table, _footer(report, results.engine, note + "methods:\n" + methods))
+            short(s.sum),
+            "yes" if s.exact else f"no (±{sci(s.stderr)})",
+            _largest(s),
+        ]
+        for name, s in results.layers.items()
+    ]
+    note = (
+        "neg = fraction of negative entries; p01/p99 and the largest entries are in --json\n"
+        + _methods(results)
+    )
+    return Group(
+        heading(report, "Diagonal"),
+        FitTable(DIAG_COLUMNS, rows),
+        footer(report, results.engine, note),
+    )

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from rich.console import Group, RenderableType
 from rich.filesize import decimal
-from rich.table import Table
 from rich.text import Text
 
+from hesscli.cli.render.fit import PLAIN_STYLE, Column, FitTable
 from hesscli.results import Report
 
 
@@ -25,41 +25,43 @@ def _path(text: str) -> str:
         return text
 
 
-def _keyvalue(title: str, rows: list[tuple[str, str]]) -> Table:
-    table = Table(title=title, title_justify="left", show_header=False, box=None, pad_edge=False)
-    table.add_column(style="bold")
-    table.add_column(overflow="fold")
-    for key, value in rows:
-        table.add_row(key, value)
-    return table
+KEYVALUE_COLUMNS = [Column("", justify="left", style="bold"), Column("", "text", "left")]
 
 
-def _layers(report: Report) -> Table:
+def _keyvalue(title: str, rows: list[tuple[str, str]]) -> FitTable:
+    return FitTable(KEYVALUE_COLUMNS, rows, title=title, styles=[PLAIN_STYLE])
+
+
+LAYER_COLUMNS = [
+    Column("layer", "name", "left"),
+    Column("type", justify="left", drop=3),
+    Column("parameters"),
+    Column("trainable", drop=2),
+    Column("shapes", "text", "left", drop=1),
+    Column("grad norm"),
+]
+
+
+def _layers(report: Report) -> FitTable:
     results = report.results
-    table = Table(
-        title=f"Model {results.model_class}: {report.inputs.parameters:,} parameters "
-        f"({report.inputs.trainable_parameters:,} trainable)",
-        title_justify="left",
-    )
-    table.add_column("layer", overflow="fold")
-    table.add_column("type")
-    table.add_column("parameters", justify="right")
-    table.add_column("trainable", justify="right")
-    table.add_column("shapes", overflow="fold")
-    table.add_column("grad norm", justify="right")
+    rows = []
     for layer in results.layers:
         trainable = "all" if layer.trainable == layer.parameters else f"{layer.trainable:,}"
         shapes = ", ".join(
             f"{name.rsplit('.', 1)[-1]} {_shape(shape)}" for name, shape in layer.shapes.items()
         )
         grad = "-" if layer.grad_norm is None else f"{layer.grad_norm:.4g}"
-        table.add_row(
-            layer.name, layer.type, f"{layer.parameters:,}", trainable or "none", shapes, grad
+        rows.append(
+            [layer.name, layer.type, f"{layer.parameters:,}", trainable or "none", shapes, grad]
         )
-    return table
+    title = (
+        f"Model {results.model_class}: {report.inputs.parameters:,} parameters "
+        f"({report.inputs.trainable_parameters:,} trainable)"
+    )
+    return FitTable(LAYER_COLUMNS, rows, title=title, stack_single_row=False)
 
 
-def _checkpoint(report: Report) -> Table:
+def _checkpoint(report: Report) -> FitTable:
     info = report.results.checkpoint
     match = f"{info.matched} keys matched"
     if info.tied:
@@ -82,7 +84,7 @@ def _checkpoint(report: Report) -> Table:
     return _keyvalue("Checkpoint", rows)
 
 
-def _data(report: Report) -> Table:
+def _data(report: Report) -> FitTable:
     data, results = report.results.data, report.results
     samples = f"{data.samples:,}"
     if data.available != data.samples:
@@ -105,7 +107,7 @@ def _data(report: Report) -> Table:
     return _keyvalue("Data and loss", rows)
 
 
-def _gradient(report: Report) -> Table:
+def _gradient(report: Report) -> FitTable:
     grad, settings = report.results.gradient, report.settings
     mode = "train" if settings.train_mode else "eval"
     rows = [

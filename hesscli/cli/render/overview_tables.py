@@ -11,12 +11,11 @@ import math
 from collections.abc import Sequence
 from pathlib import PurePath
 
-from rich.console import Group, RenderableType
-from rich.markup import escape
-from rich.table import Table
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.text import Text
 
-from hesscli.cli.render.curvature_tables import WHOLE, _e, _footer, _g, _short, _title
+from hesscli.cli.render.common import WHOLE, footer, general, heading, sci, short
+from hesscli.cli.render.fit import PLAIN_STYLE, Column, FitTable
 from hesscli.results import (
     CheckResults,
     CompareResults,
@@ -58,12 +57,13 @@ SCALE = f"sparkline: log scale over {DECADES} decades below the peak; red column
 def _pm(value: float, stderr: float, exact: bool = False) -> str:
     """``value ± stderr``, or the value alone when it is exact (``± n/a``: no spread known)."""
     if exact:
-        return _g(value)
-    return f"{_g(value)} ± {stderr:.2g}" if math.isfinite(stderr) else f"{_g(value)} ± n/a"
+        return general(value)
+    spread = f"{stderr:.2g}" if math.isfinite(stderr) else "n/a"
+    return f"{general(value)} ± {spread}"
 
 
 def _signed(value: float) -> str:
-    return f"{value:+.3g}" if math.isfinite(value) else _g(value)
+    return f"{value:+.3g}" if math.isfinite(value) else general(value)
 
 
 def _trace(trace: Trace) -> str:
@@ -81,12 +81,12 @@ def _mass(mass: Mass) -> str:
 
 def _bounds(mass: Mass) -> str:
     """The threshold a mass counts from, and the quadrature's bounds on it."""
-    return f"λ < −{_e(mass.threshold)}; bounds {_percent(mass.low)} … {_percent(mass.high)}"
+    return f"λ < −{sci(mass.threshold)}; bounds {_percent(mass.low)} … {_percent(mass.high)}"
 
 
 def _eig(pair: Eigenvalue) -> str:
     """An eigenvalue, starred when it did not meet its tolerance."""
-    return _g(pair.value) + ("" if pair.converged else NOT_CONVERGED)
+    return general(pair.value) + ("" if pair.converged else NOT_CONVERGED)
 
 
 def _seconds(seconds: float) -> str:
@@ -120,11 +120,6 @@ def short_names(paths: Sequence[str]) -> list[str]:
         if len(set(names)) == len(names):
             return names
     return [str(p) for p in paths]
-
-
-def _heading(report: Report, what: str) -> Text:
-    """The run's one-line title, outside the table so that it never wraps to the table's width."""
-    return Text(_title(report, what), style="italic")
 
 
 def _flag_names(flags: Sequence[Flag]) -> str:
@@ -183,7 +178,7 @@ def axis(grid: Sequence[float], width: int = WIDTH) -> Text:
         return Text("")
     columns = _columns(len(grid), width)
     chars = [" "] * len(columns)
-    low, high = _short(grid[0]), _short(grid[-1])
+    low, high = short(grid[0]), short(grid[-1])
     if len(low) + len(high) + 1 > len(chars):
         return Text(f"{low} … {high} λ", style="dim")
     zero = next((c for c, col in enumerate(columns) if grid[col[0]] >= 0), None)
@@ -194,95 +189,115 @@ def axis(grid: Sequence[float], width: int = WIDTH) -> Text:
     return Text("".join(chars) + " λ", style="dim")
 
 
+class _Curve:
+    """The sparkline and its λ axis, :data:`WIDTH` columns or as many as the line has."""
+
+    def __init__(self, density: Density | DensityResults) -> None:
+        self.density = density
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        """Both lines, narrowed to leave room for the axis' `` λ``."""
+        width = max(1, min(WIDTH, options.max_width - 2))
+        yield sparkline(self.density.grid, self.density.density, width)
+        yield axis(self.density.grid, width)
+
+
 def density_block(density: Density | DensityResults, heading: str) -> Group:
     """A heading, the sparkline and its λ axis."""
-    note = (
-        f"{heading}: {density.probes} probes × {density.steps} steps, σ = {_short(density.sigma)}"
-    )
-    return Group(
-        Text(note, style="bold"),
-        sparkline(density.grid, density.density),
-        axis(density.grid),
-    )
+    note = f"{heading}: {density.probes} probes × {density.steps} steps, σ = {short(density.sigma)}"
+    return Group(Text(note, style="bold"), _Curve(density))
 
 
 # -- density -----------------------------------------------------------------------------------
-def _ritz_row(table: Table, label: str, pairs: list[Eigenvalue]) -> None:
+FACT_COLUMNS = [Column("", justify="left"), Column(""), Column("", "text", "left")]
+
+
+def _ritz_row(label: str, pairs: list[Eigenvalue]) -> list[str]:
     if not pairs:
-        table.add_row(label, "-", "")
-        return
+        return [label, "-", ""]
     first = pairs[0]
-    notes = f"residual {_e(first.residual)}" + ("" if first.converged else ", not converged")
+    notes = f"residual {sci(first.residual)}" + ("" if first.converged else ", not converged")
     if pairs[1:]:
         notes += f"; next: {', '.join(_eig(p) for p in pairs[1:])}"
-    table.add_row(label, _eig(first), notes)
+    return [label, _eig(first), notes]
+
+
+def _not_converged(pairs: Sequence[Eigenvalue]) -> str:
+    """The legend of :data:`NOT_CONVERGED`, when some value of ``pairs`` carries it."""
+    if all(p.converged for p in pairs):
+        return ""
+    return f"{NOT_CONVERGED} not converged (residual in --json); "
+
+
+DENSITY_LAYER_COLUMNS = [
+    Column("layer", "name", "left"),
+    Column("params", drop=2),
+    Column("negative mass"),
+    Column("σ", drop=1),
+    Column("λ range", justify="left", drop=3),
+    Column("density (log)", justify="left", drop=4),
+]
 
 
 def density_renderable(report: Report) -> RenderableType:
     """The sparkline, the extreme Ritz values, negative mass and trace; then each layer's."""
     results = report.results
     assert isinstance(results, DensityResults)
-    facts = Table(show_header=False, box=None, padding=(0, 2, 0, 0))
-    for justify in ("left", "right", "left"):
-        facts.add_column(justify=justify)  # type: ignore[arg-type]
-    _ritz_row(facts, "λmax (largest Ritz value)", results.top)
-    _ritz_row(facts, "λmin (smallest Ritz value)", results.bottom)
-    mass = results.negative_mass
-    facts.add_row("negative mass", _mass(mass), _bounds(mass))
-    significant = results.significant_negative_mass
-    facts.add_row("significant negative mass", _mass(significant), _bounds(significant))
-    facts.add_row(
-        "trace (probes)",
-        _trace(results.trace),
-        f"Hutchinson, {results.probes} probes",
-    )
-    facts.add_row(
-        "quadrature",
-        f"{results.probes} × {results.steps}",
-        f"probes × steps; σ = {_short(results.sigma)}, {len(results.grid)} points",
-    )
+    mass, significant = results.negative_mass, results.significant_negative_mass
+    facts = [
+        _ritz_row("λmax (largest Ritz value)", results.top),
+        _ritz_row("λmin (smallest Ritz value)", results.bottom),
+        ["negative mass", _mass(mass), _bounds(mass)],
+        ["significant negative mass", _mass(significant), _bounds(significant)],
+        ["trace (probes)", _trace(results.trace), f"Hutchinson, {results.probes} probes"],
+        [
+            "quadrature",
+            f"{results.probes} × {results.steps}",
+            f"probes × steps; σ = {short(results.sigma)}, {len(results.grid)} points",
+        ],
+    ]
     parts: list[RenderableType] = [
-        _heading(report, "Eigenvalue density"),
+        heading(report, "Eigenvalue density"),
         density_block(results, f"{WHOLE}, {results.parameters:,} parameters"),
         Text(""),
-        facts,
+        FitTable(FACT_COLUMNS, facts, styles=[PLAIN_STYLE]),
     ]
     if results.layers:
-        table = Table(title="Per layer (each block's own density)", title_justify="left")
-        for column in ["layer", "params", "negative mass", "σ", "λ range", "density (log)"]:
-            numeric = column in ("params", "negative mass", "σ")
-            table.add_column(column, justify="right" if numeric else "left")
-        for name, layer in results.layers.items():
-            table.add_row(
-                escape(name),
+        rows: list[list[str | Text]] = [
+            [
+                name,
                 f"{layer.parameters:,}",
                 _mass(layer.negative_mass),
-                _short(layer.sigma),
-                f"{_short(layer.grid[0])} … {_short(layer.grid[-1])}" if layer.grid else "-",
+                short(layer.sigma),
+                f"{short(layer.grid[0])} … {short(layer.grid[-1])}" if layer.grid else "-",
                 sparkline(layer.grid, layer.density, LAYER_WIDTH),
-            )
-        parts.append(table)
+            ]
+            for name, layer in results.layers.items()
+        ]
+        title = "Per layer (each block's own density)"
+        parts.append(FitTable(DENSITY_LAYER_COLUMNS, rows, title=title))
     note = (
-        f"{SCALE}\nRitz values: extreme nodes of the first probe, residuals ‖Cy − λy‖ "
-        "recomputed from products; grid, density and nodes in --json"
+        f"{_not_converged([*results.top, *results.bottom])}{SCALE}\nRitz values: extreme nodes "
+        "of the first probe, residuals ‖Cy − λy‖ recomputed from products; grid, density and "
+        "nodes in --json"
     )
-    parts.append(_footer(report, results.engine, note))
+    parts.append(footer(report, results.engine, note))
     return Group(*parts)
 
 
 # -- report ------------------------------------------------------------------------------------
 SUMMARY_COLUMNS = [
-    "λmax",
-    "λmin",
-    "λmin/λmax",
-    "trace ± stderr",
-    "trace/param",
-    "negative mass",
-    "significant neg.",
+    Column("λmax"),
+    Column("λmin"),
+    Column("λmin/λmax"),
+    Column("trace ± stderr"),
+    Column("trace/param"),
+    Column("negative mass"),
+    Column("significant neg."),
 ]
 
 
-def _summary_cells(summary: Summary) -> list[str]:
+def _summary_cells(summary: Summary) -> list[str | Text]:
     """The model-level numbers of one summary, in the order of :data:`SUMMARY_COLUMNS`."""
     return [
         _eig(summary.top),
@@ -295,91 +310,105 @@ def _summary_cells(summary: Summary) -> list[str]:
     ]
 
 
-def _layer_cells(name: str, layer: LayerSummary) -> list[str]:
+LAYER_COLUMNS = [
+    Column("layer", "name", "left"),
+    Column("params", drop=4),
+    Column("trace ± stderr"),
+    Column("λmax"),
+    Column("λmin"),
+    Column("diag min", drop=2),
+    Column("diag max", drop=3),
+    Column("diag neg", drop=1),
+    Column("flags", "text", "left"),
+]
+
+
+def _layer_cells(name: str, layer: LayerSummary) -> list[str | Text]:
     d = layer.diagonal
     return [
-        escape(name),
+        name,
         f"{layer.parameters:,}",
         _trace(layer.trace),
         _eig(layer.top),
         _eig(layer.bottom),
-        _short(d.min),
-        _short(d.max),
+        short(d.min),
+        short(d.max),
         f"{d.fraction_negative:.0%}",
-        escape(", ".join(layer.flags)) or "-",
+        ", ".join(layer.flags) or "-",
     ]
 
 
-def _layer_table(layers: dict[str, LayerSummary]) -> Table:
-    table = Table()
-    columns = ["layer", "params", "trace ± stderr", "λmax", "λmin", "diag min", "diag max"]
-    for column in [*columns, "diag neg", "flags"]:
-        table.add_column(
-            column, justify="left" if column in ("layer", "flags") else "right", overflow="fold"
-        )
-    for name, layer in layers.items():
-        table.add_row(*_layer_cells(name, layer))
-    return table
+def _layer_table(layers: dict[str, LayerSummary]) -> FitTable:
+    return FitTable(LAYER_COLUMNS, [_layer_cells(name, layer) for name, layer in layers.items()])
 
 
-def _summary_table(summary: Summary) -> Table:
-    parameters = summary.trace.parameters
-    table = Table(
-        title=f"Model: all selected layers, {parameters:,} parameters", title_justify="left"
-    )
-    for column in SUMMARY_COLUMNS:
-        table.add_column(column, justify="right")
-    table.add_row(*_summary_cells(summary))
-    return table
+def _summary_table(summary: Summary) -> FitTable:
+    title = f"Model: all selected layers, {summary.trace.parameters:,} parameters"
+    return FitTable(SUMMARY_COLUMNS, [_summary_cells(summary)], title=title)
 
 
 _LEGEND = (
-    f"{NOT_CONVERGED} not converged (residual in --json); λmax/λmin of a layer are those of its "
-    "own block; diag neg = fraction of negative diagonal entries; negative mass = fraction of "
-    "eigenvalues below −threshold (round-off); significant neg. = below a threshold relative "
-    "to λmax (the saddle flag's measure); thresholds and quadrature bounds in --json"
+    "λmax/λmin of a layer are those of its own block; diag neg = fraction of negative diagonal "
+    "entries; negative mass = fraction of eigenvalues below −threshold (round-off); "
+    "significant neg. = below a threshold relative to λmax (the saddle flag's measure); "
+    "thresholds and quadrature bounds in --json"
 )
+
+
+def _summary_pairs(summary: Summary, layers: dict[str, LayerSummary]) -> list[Eigenvalue]:
+    """Every eigenvalue a report or check table shows (for the not-converged legend)."""
+    pairs = [summary.top, summary.bottom]
+    for layer in layers.values():
+        pairs += [layer.top, layer.bottom]
+    return pairs
 
 
 def report_renderable(report: Report) -> RenderableType:
     """One row per layer, the model summary, the density sparkline, flags and cost."""
     results = report.results
     assert isinstance(results, ReportResults)
-    note = f"{_LEGEND}\n{SCALE}\nplanned: {_plan(results.plan)}"
+    marked = _not_converged(_summary_pairs(results.summary, results.layers))
+    note = f"{marked}{_LEGEND}\n{SCALE}\nplanned: {_plan(results.plan)}"
     return Group(
-        _heading(report, "Curvature report"),
+        heading(report, "Curvature report"),
         _layer_table(results.layers),
         _summary_table(results.summary),
         density_block(results.density, "eigenvalue density"),
         Text(""),
         _flag_lines(results.flags),
-        _footer(report, results.engine, note),
+        footer(report, results.engine, note),
     )
 
 
 # -- check -------------------------------------------------------------------------------------
+CHECK_COLUMNS = [
+    Column("check", justify="left"),
+    Column("quantity", "name", "left"),
+    Column("limit"),
+    Column("measured"),
+    Column("allowance", drop=1),
+    Column("margin"),
+    Column("result"),
+]
+
+
 def check_renderable(report: Report) -> RenderableType:
     """One row per threshold with its margin and PASS/FAIL, then the verdict and baseline."""
     results = report.results
     assert isinstance(results, CheckResults)
-    table = Table()
-    for column in ["check", "quantity", "limit", "measured", "allowance", "margin", "result"]:
-        table.add_column(
-            column, justify="left" if column in ("check", "quantity") else "right", overflow="fold"
-        )
-    for item in results.checks:
-        table.add_row(
-            escape(item.name),
-            escape(
-                QUANTITIES.get(item.quantity, item.quantity)
-                + (f" [{item.layer}]" if item.layer else "")
-            ),
-            f"{RELATIONS.get(item.relation, item.relation)} {_g(item.limit)}",
+    rows: list[list[str | Text]] = [
+        [
+            item.name,
+            QUANTITIES.get(item.quantity, item.quantity)
+            + (f" [{item.layer}]" if item.layer else ""),
+            f"{RELATIONS.get(item.relation, item.relation)} {general(item.limit)}",
             _pm(item.measured, item.stderr, exact=not item.stderr),
-            _short(item.allowance) if item.allowance else "-",
+            short(item.allowance) if item.allowance else "-",
             _signed(item.margin),
-            "[green]PASS[/]" if item.passed else "[bold red]FAIL[/]",
-        )
+            Text("PASS", style="green") if item.passed else Text("FAIL", style="bold red"),
+        ]
+        for item in results.checks
+    ]
     failed = [item for item in results.checks if not item.passed]
     verdict = (
         Text(f"passed: all {len(results.checks)} checks", style="bold green")
@@ -393,46 +422,57 @@ def check_renderable(report: Report) -> RenderableType:
             "" if results.tolerance is None else f" (tolerance {_percent(results.tolerance)})"
         )
         baseline = Text(f"baseline: {results.baseline}{tolerance}")
-    footer = _footer(report, results.engine, CHECK_LEGEND)
     return Group(
-        _heading(report, "Check"), table, verdict, baseline, _flag_lines(results.flags), footer
+        heading(report, "Check"),
+        FitTable(CHECK_COLUMNS, rows, stack_single_row=False),
+        verdict,
+        baseline,
+        _flag_lines(results.flags),
+        footer(report, results.engine, CHECK_LEGEND),
     )
 
 
 # -- compare -----------------------------------------------------------------------------------
-COMPARE_COLUMNS = ["λmax", "λmin", "λmin/λmax", "trace", "sig. neg. mass", "trace/param"]
+COMPARE_COLUMNS = [
+    Column("checkpoint", "name", "left"),
+    Column("λmax"),
+    Column("λmin"),
+    Column("λmin/λmax", drop=2),
+    Column("trace"),
+    Column("sig. neg. mass", drop=3),
+    Column("trace/param", drop=1),
+    Column("flags", "text", "left"),
+]
 
 
 def compare_renderable(report: Report) -> RenderableType:
     """One row per checkpoint, in the order given: the report's summary and flags."""
     results = report.results
     assert isinstance(results, CompareResults)
-    table = Table()
-    table.add_column("checkpoint", no_wrap=True)
-    for column in COMPARE_COLUMNS:
-        table.add_column(column, justify="right", no_wrap=True)
-    table.add_column("flags", overflow="fold")  # the one column that wraps when space is short
     names = short_names([c.checkpoint for c in results.checkpoints])
+    rows: list[list[str | Text]] = []
     for name, checkpoint in zip(names, results.checkpoints, strict=True):
         s = checkpoint.summary
-        table.add_row(
-            escape(name),
-            _eig(s.top),
-            _eig(s.bottom),
-            f"{s.ratio:.3g}",
-            _pm(s.trace.value, s.trace.stderr, s.trace.exact),
-            _mass(s.significant_negative_mass),
-            _short(s.trace_per_parameter),
-            escape(_flag_names(checkpoint.flags)),
+        rows.append(
+            [
+                name,
+                _eig(s.top),
+                _eig(s.bottom),
+                f"{s.ratio:.3g}",
+                _pm(s.trace.value, s.trace.stderr, s.trace.exact),
+                _mass(s.significant_negative_mass),
+                short(s.trace_per_parameter),
+                _flag_names(checkpoint.flags),
+            ]
         )
+    pairs = [p for c in results.checkpoints for p in (c.summary.top, c.summary.bottom)]
     note = (
-        f"{NOT_CONVERGED} not converged (residual in --json); trace ± stderr (no ±: exact); "
-        "sig. neg. mass = fraction of eigenvalues below −1 % of λmax; trace/param = trace per "
-        "parameter; flags: the model's, then each layer's; every checkpoint's per-layer rows "
-        "are in --json"
+        f"{_not_converged(pairs)}trace ± stderr (no ±: exact); sig. neg. mass = fraction of "
+        "eigenvalues below −1% of λmax; trace/param = trace per parameter; flags: the model's, "
+        "then each layer's; every checkpoint's per-layer rows are in --json"
     )
     return Group(
-        _heading(report, "Comparison"),
-        table,
-        _footer(report, results.engine, note),
+        heading(report, "Comparison"),
+        FitTable(COMPARE_COLUMNS, rows, separator="/", stack_single_row=False),
+        footer(report, results.engine, note),
     )
