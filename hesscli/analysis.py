@@ -457,13 +457,15 @@ def _stored(setting: Sourced, out_dir: Path) -> str | None:
     return f"{Path(os.path.relpath(spec.target, out_dir)).as_posix()}:{spec.name}"
 
 
-def run_convert(request: Request, *, output: Path) -> ConvertResults:
+def run_convert(request: Request, *, output: Path) -> Report:
     """Write the checkpoint as a ``.safetensors`` that carries its model, data and loss.
 
     The problem is loaded and checked first, so the defaults written are known to work;
     paths are stored relative to the output's folder. Code outside that folder is not stored
     (readers refuse it) and is reported in ``not_stored``. No input file is ever overwritten.
+    The result comes in the common envelope (inputs, settings, cost), like every command's.
     """
+    start = time.perf_counter()
     if output.suffix != ".safetensors":
         raise ConfigError(f"--output {output} must end in .safetensors", "rename the output")
     settings, config = request.settings()
@@ -493,10 +495,29 @@ def run_convert(request: Request, *, output: Path) -> ConvertResults:
             kwargs.value if isinstance(kwargs.value, dict) else parse_model_kwargs(kwargs.value)
         )
     write_safetensors(out, problem.model, defaults)
-    return ConvertResults(
+    results = ConvertResults(
         source=str(problem.checkpoint.path),
         written=str(out),
         tensors=problem.key_report.matched,
         metadata=defaults,
         not_stored=not_stored,
+    )
+    weights = next(iter(problem.model.parameters()), None)
+    return Report(
+        command="convert",
+        inputs=_inputs(problem, list_layers(problem.model), config),
+        settings=RunSettings(
+            curvature=str(settings["curvature"].value).lower(),
+            device="cpu",  # convert computes nothing: the weights are copied as read
+            dtype=_dtype_name(weights.dtype) if weights is not None else "float32",
+            seed=settings["seed"].value,
+            micro_batch=settings["micro_batch"].value or DEFAULT_MICRO_BATCH,
+            max_samples=settings["max_samples"].value,
+            train_mode=bool(settings["train_mode"].value),
+            sources={k: v.source for k, v in sorted(settings.items()) if v.value is not None},
+        ),
+        results=results,
+        cost=Cost(seconds=time.perf_counter() - start),
+        hesscli_version=__version__,
+        input_files=problem_files(problem, config),
     )

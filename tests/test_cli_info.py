@@ -177,9 +177,11 @@ def test_convert_is_reproducible_and_skips_code_elsewhere(cli, samples, tmp_path
         assert result.exit_code == 0, result.output
     assert outputs[0].read_bytes() == outputs[1].read_bytes()
     document = json.loads(result.stdout)
-    assert "model" in document["not_stored"]
-    assert "model" not in document["metadata"]
-    assert document["metadata"]["data"].endswith("digits_mlp/data.safetensors")
+    assert document["command"] == "convert"
+    assert {"inputs", "settings", "cost"} <= set(document)
+    assert "model" in document["results"]["not_stored"]
+    assert "model" not in document["results"]["metadata"]
+    assert document["results"]["metadata"]["data"].endswith("digits_mlp/data.safetensors")
 
 
 def test_convert_refuses_to_overwrite_its_input(cli, samples, monkeypatch):

@@ -124,7 +124,8 @@ class HesscliGroup(TyperGroup):
         except typer.TyperException as exc:  # typer's usage and parameter errors
             ctx = getattr(exc, "ctx", None)
             hint = f"; see '{ctx.command_path} --help'" if ctx is not None else ""
-            _fail(f"{exc.format_message()}{hint}", exc.exit_code)
+            message = exc.format_message().replace("Value error, ", "").rstrip(".")
+            _fail(f"{message}{hint}", exc.exit_code)
         except typer.Abort:
             _fail("aborted", 130)
         except HesscliError as exc:

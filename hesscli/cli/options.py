@@ -1,15 +1,23 @@
-"""Options shared by the commands, declared once (names are a public contract)."""
+"""Options shared by the commands, declared once (names are a public contract).
+
+Options with a fixed set of values are typed as ``Literal`` choices, so that help lists them
+(``<hessian|ggn>``) and typer refuses anything else; matching ignores case, as it always did.
+Numeric options go through :func:`number`, one validator that refuses NaN and infinities
+(Python's ``float`` parses ``nan``, ``inf`` and ``1e999``) and values out of range.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 
 from hesscli.analysis import Request
 from hesscli.loading.config import SETTING_TYPES
+from hesscli.loading.guard import refuse_special_inputs
 
 _INPUT = "Inputs"
 _COMPUTE = "Computation"
@@ -18,6 +26,7 @@ _OUTPUT = "Output"
 Checkpoint = Annotated[
     str | None,
     typer.Argument(
+        metavar="CHECKPOINT",
         help="Checkpoint file (.safetensors, .pt, .pth, .bin). Default: 'checkpoint' in the "
         "project config.",
         show_default=False,
@@ -27,6 +36,7 @@ Model = Annotated[
     str | None,
     typer.Option(
         "--model",
+        metavar="SPEC",
         help="Model definition: path/to/file.py:Name or package.module:Name (an nn.Module "
         "class or a function returning one).",
         rich_help_panel=_INPUT,
@@ -36,6 +46,7 @@ ModelKwargs = Annotated[
     str | None,
     typer.Option(
         "--model-kwargs",
+        metavar="JSON",
         help="Keyword arguments for the model, as a JSON object.",
         rich_help_panel=_INPUT,
     ),
@@ -44,6 +55,7 @@ Data = Annotated[
     str | None,
     typer.Option(
         "--data",
+        metavar="FILE|SPEC",
         help="Data: a .pt, .safetensors or .npz file holding inputs and targets, or a "
         "module:function factory returning them.",
         rich_help_panel=_INPUT,
@@ -53,6 +65,7 @@ Loss = Annotated[
     str | None,
     typer.Option(
         "--loss",
+        metavar="NAME|SPEC",
         help="cross_entropy, mse, nll, bce_with_logits, huber, or module:function. Default: "
         "inferred from the targets (integer labels: cross_entropy, floats: mse).",
         rich_help_panel=_INPUT,
@@ -77,14 +90,16 @@ Layers = Annotated[
     list[str] | None,
     typer.Option(
         "--layer",
+        metavar="NAME",
         help="Layer (module), parameter name or glob such as 'encoder.*'; repeatable.",
         rich_help_panel=_INPUT,
     ),
 ]
 Curvature = Annotated[
-    str | None,
+    Literal["hessian", "ggn"] | None,
     typer.Option(
         "--curvature",
+        case_sensitive=False,
         help="hessian (default) or ggn (generalised Gauss-Newton).",
         rich_help_panel=_COMPUTE,
     ),
@@ -93,13 +108,19 @@ Device = Annotated[
     str | None,
     typer.Option(
         "--device",
+        metavar="auto|cpu|cuda[:N]",
         help="auto (default: GPU when there is one), cpu, cuda, cuda:N or mps.",
         rich_help_panel=_COMPUTE,
     ),
 ]
 Dtype = Annotated[
-    str | None,
-    typer.Option("--dtype", help="float32 (default) or float64.", rich_help_panel=_COMPUTE),
+    Literal["float32", "float64"] | None,
+    typer.Option(
+        "--dtype",
+        case_sensitive=False,
+        help="float32 (default) or float64.",
+        rich_help_panel=_COMPUTE,
+    ),
 ]
 Seed = Annotated[
     int | None,
@@ -132,16 +153,18 @@ MaxMemory = Annotated[
     str | None,
     typer.Option(
         "--max-memory",
+        metavar="SIZE",
         help="Memory the products may use on the device (8GiB, 8G, 8GB, 500MB): picks the "
-        "micro-batch and vmap chunk sizes. Default: half the free memory on the CPU, 80 %% "
+        "micro-batch and vmap chunk sizes. Default: half the free memory on the CPU, 80% "
         "on a GPU. Running out anyway retries with smaller sizes.",
         rich_help_panel=_COMPUTE,
     ),
 ]
 Normalisation = Annotated[
-    str | None,
+    Literal["auto", "samples", "tokens"] | None,
     typer.Option(
         "--normalisation",
+        case_sensitive=False,
         help="What the loss is a mean over: samples, tokens (targets other than -100, for "
         "token-level sequence losses), or auto (default: tokens when the targets hold "
         "-100 padding or one class label per position).",
@@ -211,8 +234,11 @@ def request_from(values: Mapping[str, Any]) -> Request:
     """The load request of a command, from its parameters (pass the command's ``locals()``).
 
     Parameters named like settings (``model``, ``data``, ``seed``...) become options;
-    ``config``, ``no_config`` and ``trust_pickle`` say how to load.
+    ``config``, ``no_config`` and ``trust_pickle`` say how to load. The input files named on
+    the command line are checked first to be regular files (a FIFO would block the read).
     """
+    named = ("checkpoint", "model", "data", "loss", "config", "baseline")
+    refuse_special_inputs([*(values.get(key) for key in named), *values.get("checkpoints", [])])
     return Request(
         options={key: values[key] for key in SETTING_TYPES if key in values},
         cwd=Path.cwd(),
@@ -223,9 +249,10 @@ def request_from(values: Mapping[str, Any]) -> Request:
 
 
 HvpMethod = Annotated[
-    str | None,
+    Literal["auto", "forward", "reverse", "fd"] | None,
     typer.Option(
         "--hvp-method",
+        case_sensitive=False,
         help="auto (default: check both routes on the first micro-batch, keep the faster "
         "correct one; finite differences when neither runs), forward (forward-over-reverse), "
         "reverse (double backward) or fd (finite differences of the gradient, with their "
@@ -239,11 +266,49 @@ HvpMethod = Annotated[
 _ESTIMATION = "Estimation"
 
 
-def positive_float(value: float | None) -> float | None:
-    """Reject 0 and negative values of options that divide or scale (``--sigma``, ``--lr``)."""
-    if value is not None and not value > 0:
-        raise typer.BadParameter(f"{value:g} is not > 0")
-    return value
+def number(
+    *,
+    above: float | None = None,
+    at_least: float | None = None,
+    below: float | None = None,
+) -> Callable[[float | None], float | None]:
+    """The one validator of float options: finite, and within the bounds given.
+
+    Python's ``float`` accepts ``nan``, ``inf``, ``-infinity`` and ``1e999``; none of them is a
+    tolerance, a threshold or a scale. ``nan`` in particular passes every ``min=`` range check,
+    because every comparison with it is false.
+
+    Args:
+        above: The value must be greater than this.
+        at_least: The value must be at least this.
+        below: The value must be less than this.
+
+    Returns:
+        A typer callback returning the value unchanged, or raising ``typer.BadParameter``.
+    """
+
+    def check(value: float | None) -> float | None:
+        if value is None:
+            return value
+        if not math.isfinite(value):
+            raise typer.BadParameter(f"{value} is not a finite number")
+        if above is not None and not value > above:
+            raise typer.BadParameter(f"{value:g} is not > {above:g}")
+        if at_least is not None and not value >= at_least:
+            raise typer.BadParameter(f"{value:g} is not >= {at_least:g}")
+        if below is not None and not value < below:
+            raise typer.BadParameter(f"{value:g} is not < {below:g}")
+        return value
+
+    return check
+
+
+#: Options that divide or scale (``--sigma``, ``--lr``): finite and > 0.
+positive_float = number(above=0.0)
+#: Thresholds (``--max-eigenvalue``...): any finite number.
+finite_float = number()
+#: Relative tolerances of an eigenvalue (``--tol``): in (0, 1).
+relative_tolerance = number(above=0.0, below=1.0)
 
 
 Probes = Annotated[
@@ -285,6 +350,7 @@ ReportTol = Annotated[
     float | None,
     typer.Option(
         "--tol",
+        callback=relative_tolerance,
         help="Eigenvalue residual tolerance ‖Cy − λy‖ ≤ TOL × ‖C‖. Default: 1e-4 in float32, "
         "1e-7 in float64.",
         rich_help_panel=_ESTIMATION,

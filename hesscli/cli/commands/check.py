@@ -23,7 +23,13 @@ EXIT_FAILED = 1
 
 
 def _limit(flag: str, what: str) -> Any:
-    return typer.Option(flag, help=what, show_default=False, rich_help_panel=_PANEL)
+    return typer.Option(
+        flag,
+        callback=opt.finite_float,
+        help=what,
+        show_default=False,
+        rich_help_panel=_PANEL,
+    )
 
 
 def check(
@@ -90,6 +96,7 @@ def check(
         typer.Option(
             "--tolerance",
             min=0.0,
+            callback=opt.number(at_least=0.0),
             help="Relative change allowed against the --baseline.",
             rich_help_panel=_PANEL,
         ),

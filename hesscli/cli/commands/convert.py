@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import json as jsonlib
-import sys
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
+from rich.text import Text
 
 from hesscli.analysis import run_convert
 from hesscli.cli import options as opt
-from hesscli.cli.output import stderr_console
+from hesscli.cli.output import emit, stderr_console
 from hesscli.loading.guard import refuse_to_overwrite
-from hesscli.results import SCHEMA_VERSION
+from hesscli.results import ConvertResults, Report
 
 Destination = Annotated[
     Path,
@@ -49,16 +46,22 @@ def convert(
     is never modified.
     """
     refuse_to_overwrite(output, [checkpoint, data, model, config])
-    results = run_convert(opt.request_from(locals()), output=output)
-    if json:
-        document = {"schema_version": SCHEMA_VERSION, "command": "convert", **asdict(results)}
-        sys.stdout.write(jsonlib.dumps(document, indent=2) + "\n")
-        return
-    stored = ", ".join(f"{k}={v}" for k, v in sorted(results.metadata.items()))
-    Console(file=sys.stdout).print(
-        f"wrote {results.written} ({results.tensors} tensors) from {results.source}\n"
-        f"stored defaults: {stored}",
-        soft_wrap=True,
-    )
+    report = run_convert(opt.request_from(locals()), output=output)
+    emit(report, as_json=json, output=None, table=_summary)
+    results = report.results
+    assert isinstance(results, ConvertResults)
     for key, reason in results.not_stored.items():
         stderr_console().print(f"note: {key} not stored: {reason}", soft_wrap=True)
+
+
+def _summary(report: Report) -> Text:
+    """The two lines of the table mode: what was written, and the defaults stored."""
+    results = report.results
+    assert isinstance(results, ConvertResults)
+    stored = ", ".join(f"{k}={v}" for k, v in sorted(results.metadata.items()))
+    return Text(
+        f"wrote {results.written} ({results.tensors} tensors) from {results.source}\n"
+        f"stored defaults: {stored}",
+        no_wrap=True,
+        overflow="ignore",
+    )

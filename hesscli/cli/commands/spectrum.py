@@ -67,6 +67,7 @@ def spectrum(
         float | None,
         typer.Option(
             "--tol",
+            callback=opt.relative_tolerance,
             help="Stop when every residual ‖Cy − λy‖ ≤ TOL × ‖C‖. Default: 1e-4 in float32, "
             "1e-7 in float64.",
             rich_help_panel=_PANEL,

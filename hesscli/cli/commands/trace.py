@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -55,15 +55,17 @@ def trace(
         float | None,
         typer.Option(
             "--target-error",
+            callback=opt.number(at_least=0.0),
             help="Stop when the standard error is at most this fraction of |trace| "
             "(default 0.01; 0 turns it off and spends the whole --products budget).",
             rich_help_panel=_PANEL,
         ),
     ] = 0.01,
     method: Annotated[
-        str,
+        Literal["auto", "exact", "hutch++", "hutchinson"],
         typer.Option(
             "--method",
+            case_sensitive=False,
             help="auto (exact when the parameter count is within the budget, else Hutch++), "
             "exact (sum of the exact diagonal), hutch++ or hutchinson.",
             rich_help_panel=_PANEL,
