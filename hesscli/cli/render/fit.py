@@ -89,10 +89,11 @@ def _identifies(head: str, tail: str, name: str, names: Sequence[str]) -> bool:
 def shorten(name: str, width: int, names: Sequence[str], separator: str = ".") -> str | None:
     """``name`` in at most ``width`` characters, its middle replaced by ``…``.
 
-    Whole components (split at ``separator``) are kept where possible, as many of the end as
-    fit (they tell ``layer.10.attention.self.query`` from its siblings), then as many of the
-    start; otherwise characters, as few of the start as tell it apart. A short form must
-    identify ``name`` among ``names``: no other name starts and ends the same way.
+    Whole components (split at ``separator``) are kept where possible: as many of the end as
+    fit (they tell ``layer.10.attention.self.query`` from its siblings), and of the start only
+    as many as it takes to tell the name apart; otherwise characters, never cutting through a
+    number. A short form must identify ``name`` among ``names``: no other name starts and ends
+    the same way.
 
     Returns:
         The short form, or ``None`` when no short form of this width identifies ``name``.
@@ -112,22 +113,17 @@ def shorten(name: str, width: int, names: Sequence[str], separator: str = ".") -
     parts = name.split(separator)
     for keep_end in range(len(parts) - 1, 0, -1):
         tail = separator.join(parts[-keep_end:])
-        if len(tail) + 1 > width:
-            continue
-        head = ""
-        for keep_start in range(1, len(parts) - keep_end):
-            longer = separator.join(parts[:keep_start])
-            if len(longer) + 1 + len(tail) > width:
+        for keep_start in range(len(parts) - keep_end):
+            head = separator.join(parts[:keep_start])
+            if len(head) + 1 + len(tail) > width:
                 break
-            head = longer
-        if _identifies(head, tail, name, names):
-            return head + ELLIPSIS + tail
+            if _identifies(head, tail, name, names):
+                return head + ELLIPSIS + tail
     room = width - 1
-    if room < 1:
-        return None
-    for start in range(room + 1):
+    for start in range(max(0, room - len(name)), room + 1):
         head, tail = name[:start], name[len(name) - (room - start) :]
-        if _identifies(head, tail, name, names):
+        splits_number = tail[:1].isdigit() and name[len(name) - len(tail) - 1].isdigit()
+        if not splits_number and _identifies(head, tail, name, names):
             return head + ELLIPSIS + tail
     return None
 
@@ -253,11 +249,22 @@ class FitTable:
     def _fit(
         self, kept: list[int], style: dict[str, Any], width: int, console: Console
     ) -> _Layout | None:
-        """The layout of ``kept`` columns in ``style`` within ``width``, or ``None``."""
+        """The layout of ``kept`` columns in ``style`` within ``width``, or ``None``.
+
+        Free text is kept on one line if the names can give way for it, else it wraps.
+        """
+        return self._fit_text(kept, style, width, console, wrap=False) or self._fit_text(
+            kept, style, width, console, wrap=True
+        )
+
+    def _fit_text(
+        self, kept: list[int], style: dict[str, Any], width: int, console: Console, *, wrap: bool
+    ) -> _Layout | None:
         texts = [i for i in kept if self.columns[i].kind == "text"]
         fixed = [i for i in kept if i not in texts and i != self._name]
+        least = self._least if wrap else self._natural
         room = width - self._chrome(kept, style, console)
-        room -= sum(self._natural[i] for i in fixed) + sum(self._least[i] for i in texts)
+        room -= sum(self._natural[i] for i in fixed) + sum(least[i] for i in texts)
         names = None
         if self._name in kept:
             natural = self._natural[self._name]
@@ -273,7 +280,7 @@ class FitTable:
             room -= natural
         if room < 0:
             return None
-        widths = {i: self._least[i] for i in texts}
+        widths = {i: least[i] for i in texts}
         for i in sorted(texts, key=lambda i: self._natural[i] - self._least[i]):
             extra = min(room // max(1, len(texts)), self._natural[i] - widths[i])
             widths[i] += extra
