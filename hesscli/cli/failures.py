@@ -76,7 +76,7 @@ def _classify(frame: FrameType, line: int) -> _Frame:
         return _Frame("hesscli", "", module, frame, line)
     if path == _MODULE_CALL and code.co_name in _CALL_FUNCTIONS:
         return _Frame("user", "forward", module, frame, line)
-    role = user_code_role(code.co_filename, module)
+    role = user_code_role(code.co_filename, module, code)
     if role is not None:
         return _Frame("user", role, module, frame, line)
     return _Frame("other", "", module, frame, line)

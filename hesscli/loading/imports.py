@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from types import CodeType, ModuleType
 from typing import Any
 
 from hesscli.errors import CheckpointError, HesscliError
@@ -25,6 +25,8 @@ from hesscli.errors import CheckpointError, HesscliError
 #: Files and module names imported as user code, with what they were imported as ("model"...).
 _USER_FILES: dict[str, str] = {}
 _USER_MODULES: dict[str, str] = {}
+#: Functions resolved from specs (a custom loss, a factory), by code object: the most precise.
+_USER_FUNCTIONS: dict[CodeType, str] = {}
 
 
 def _remember(module: ModuleType, role: str) -> None:
@@ -41,17 +43,23 @@ def _remember(module: ModuleType, role: str) -> None:
         _USER_FILES.setdefault(str(Path(file).resolve()), role)
 
 
-def user_code_role(filename: str, module_name: str | None) -> str | None:
+def user_code_role(
+    filename: str, module_name: str | None, code: CodeType | None = None
+) -> str | None:
     """What a code location was imported as (``"model"``, ``"data factory"``, ``"loss"``...).
 
     Args:
         filename: A frame's ``co_filename``.
         module_name: The frame's ``__name__`` global, if any.
+        code: The frame's code object: a function named by a spec has its own role (a loss
+            defined in the model's file is still the loss).
 
     Returns:
         The role, when the location is in a file or module hesscli imported for the user (or
         in a submodule of such a package), else ``None``.
     """
+    if code is not None and code in _USER_FUNCTIONS:
+        return _USER_FUNCTIONS[code]
     if module_name:
         for name, role in _USER_MODULES.items():
             if module_name == name or module_name.startswith(name + "."):
@@ -259,4 +267,7 @@ def resolve_object(
             hint = f"did you mean {', '.join(near)}?" if near else "the file defines no such name"
             raise error(f"{what} {spec.name!r} not found in {spec.target}", hint)
         obj = getattr(obj, part)
+    code = getattr(obj, "__code__", None)
+    if isinstance(code, CodeType):
+        _USER_FUNCTIONS[code] = what
     return obj
