@@ -13,7 +13,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -43,16 +42,14 @@ def _collective(what: str) -> Iterator[None]:
     try:
         yield
     except RuntimeError as exc:  # torch.distributed.DistBackendError is a RuntimeError
-        text = str(exc).strip()
-        if "out of memory" in text.lower():
+        if "out of memory" in str(exc).lower():
             raise
-        first = text.splitlines()[0] if text else type(exc).__name__
-        first = re.sub(r"^\[[^\]]*\]\s*", "", first)  # gloo's "[.../pair.cc:553] " prefix
-        first = first.split(". ")[0][:160]
+        # The backend's own words ("Connection reset by peer", with a source path) only
+        # restate that the peer is gone; the peer's own line says why.
         raise PeerFailedError(
             f"another process of this launch failed, so the {what} across processes could "
-            f"not complete ({first})",
-            "see that process's message above, fix it and relaunch",
+            "not complete",
+            "see that process's message, fix it and relaunch",
         ) from exc
 
 
