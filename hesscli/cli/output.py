@@ -148,8 +148,24 @@ def emit(
     if as_json:
         stream.write(render_json(report) + "\n")
     else:
-        Console(file=stream).print(table(report))
+        result_console().print(table(report))
     stream.flush()
+
+
+def result_console() -> Console:
+    """A Rich console on the result stream, as wide as the terminal stdout really is.
+
+    Rich measures the terminal on file descriptors 0-2; while stdout is diverted, descriptor 1
+    is stderr's, so the width of the saved stdout is measured here (``COLUMNS`` still wins).
+    """
+    stream = result_stream()
+    width = None
+    if "COLUMNS" not in os.environ and (descriptor := _descriptor(stream)) is not None:
+        try:
+            width = os.get_terminal_size(descriptor).columns
+        except OSError:
+            width = None
+    return Console(file=stream, width=width)
 
 
 def write_json_document(document: str) -> None:
