@@ -97,7 +97,7 @@ def _data(report: Report) -> FitTable:
         ("inputs", inputs),
         ("targets", f"{_shape(targets.shape)} {targets.dtype}"),
         ("outputs", _shape(data.output_shape)),
-        ("loss", f"{results.loss.name} ({results.loss.how})"),
+        ("loss", f"{results.loss.name} ({_path(results.loss.how)})"),
         *(
             [("normalised", f"{norm.description} ({norm.reason})")]
             if (norm := report.settings.normalisation) is not None
@@ -124,7 +124,7 @@ def _gradient(report: Report) -> FitTable:
 
 def _sources(report: Report) -> Text:
     given = {k: v for k, v in report.settings.sources.items() if v != "default"}
-    text = ", ".join(f"{k} from {v}" for k, v in sorted(given.items()))
+    text = ", ".join(f"{k} from {_path(v)}" for k, v in sorted(given.items()))
     return Text(f"settings: {text}" if text else "settings: all defaults", style="dim")
 
 
