@@ -96,6 +96,10 @@ MODEL = textwrap.dedent(
 
     def factory_that_raises():
         raise KeyError("no such split")
+
+
+    def model_factory_that_exits():
+        sys.exit(4)
     """
 )
 
@@ -253,6 +257,15 @@ def test_model_file_calling_exit_at_import(folder: Folder) -> None:
     folder.assert_error(
         folder.invoke("info", str(folder.ckpt), "--model", f"{bad}:Net", "--data", "data.pt"),
         r"importing model file .*exits\.py failed: it called sys\.exit\('no'\)",
+    )
+
+
+def test_model_factory_calling_exit(folder: Folder) -> None:
+    model = folder.model("model_factory_that_exits")
+    folder.assert_error(
+        folder.invoke("info", str(folder.ckpt), "--model", model, "--data", "data.pt"),
+        r"the model's code called sys\.exit\(4\) at model\.py:\d+ in "
+        r"model_factory_that_exits, during loading \(building the model\); fix that code and",
     )
 
 

@@ -35,16 +35,22 @@ _TORCH = _MODULE_CALL.parents[2]  # .../site-packages/torch
 #: ``nn.Module.__call__``'s frames: what runs below them is a model's forward.
 _CALL_FUNCTIONS = frozenset({"_call_impl", "_wrapped_call_impl"})
 
-#: The stage of the run, from the outermost of these hesscli modules on the stack (the
+#: The stage of a run in the engine, from the *outermost* of these modules on the stack (the
 #: operator's route check and memory measurement are part of its products).
-_STAGES = {
+_ENGINE_STAGES = {
     "hesscli.engine.diagonal": "the exact diagonal",
     "hesscli.engine.gradient": "the gradient",
     "hesscli.engine.routes": "the differentiation-route check",
     "hesscli.engine.memory": "the memory measurement",
     "hesscli.engine.output_curvature": "the output-space curvature",
     "hesscli.engine.operator": "the curvature products",
+}
+#: The stage while loading, from the *innermost* of these modules (the most specific).
+_LOADING_STAGES = {
     "hesscli.loading.problem": "loading (the first samples through the model)",
+    "hesscli.loading.model_spec": "loading (building the model)",
+    "hesscli.loading.checkpoint": "loading (reading the checkpoint)",
+    "hesscli.loading.data": "loading (reading the data)",
     "hesscli.loading.losses": "loading (the loss on the first samples)",
 }
 
@@ -115,12 +121,16 @@ def _in_torch(frame: _Frame) -> bool:
 def _stage(frames: list[_Frame]) -> tuple[str, bool]:
     """The stage of the run, and whether it is an engine stage (with micro-batches)."""
     start = next(i for i, f in enumerate(frames) if f.kind == "user")
-    hesscli_frames = [f for f in frames[:start] if f.kind == "hesscli"]
-    for frame in hesscli_frames:
-        if frame.module in _STAGES:
-            return _STAGES[frame.module], frame.module.startswith("hesscli.engine.")
-    engine = any(f.module.startswith("hesscli.engine.") for f in hesscli_frames)
-    return ("the curvature computation" if engine else "the run"), engine
+    modules = [f.module for f in frames[:start] if f.kind == "hesscli"]
+    engine = [_ENGINE_STAGES[m] for m in modules if m in _ENGINE_STAGES]
+    if engine:
+        return engine[0], True
+    loading = [_LOADING_STAGES[m] for m in modules if m in _LOADING_STAGES]
+    if loading:
+        return loading[-1], False
+    if any(m.startswith("hesscli.engine.") for m in modules):
+        return "the curvature computation", True
+    return "the run", False
 
 
 def _what(exc: BaseException) -> str:
@@ -173,9 +183,10 @@ def user_code_failure(exc: BaseException) -> str | None:
         if frames is not None:
             stage, engine = _stage(frames)
             where = _micro_batch() if engine else ""
+            fix = "fix that code (or check those samples)" if where else "fix that code"
             return (
                 f"{_who(frames)} {_what(current)}{_where(frames)}, during {stage}{where}; "
-                "fix that code (or check those samples) and run again"
+                f"{fix} and run again"
             )
         current = current.__cause__
     return None
