@@ -443,6 +443,24 @@ def test_output_hard_linked_to_an_input_is_refused(folder: Folder, which: str) -
     folder.assert_error(folder.run("info", "--output", str(out)), r"is one of the input files")
 
 
+def test_convert_output_hard_linked_to_the_checkpoint(folder: Folder) -> None:
+    out = folder.root / "net.safetensors"
+    os.link(folder.ckpt, out)
+    folder.assert_error(
+        folder.invoke(
+            "convert",
+            str(folder.ckpt),
+            "--model",
+            folder.model(),
+            "--data",
+            "data.pt",
+            "--output",
+            str(out),
+        ),
+        r"--output .*net\.safetensors is one of the input files",
+    )
+
+
 def test_output_symlink_and_dotdot_spelling_are_refused(folder: Folder) -> None:
     link = folder.root / "link.json"
     link.symlink_to(folder.ckpt)
@@ -586,6 +604,8 @@ def test_help_lists_the_choices() -> None:
     assert "hutch++" in _help("trace")
     assert "%%" not in text
     assert "80%" in text
+    assert "<bool>" not in text  # flags take no value
+    assert "<bool>" not in _help()
 
 
 def test_choices_match_what_the_library_accepts() -> None:

@@ -88,8 +88,20 @@ def _unexpected(exc: BaseException) -> str:
     return message
 
 
+def _flags_without_type(params: list[Any]) -> list[Any]:
+    """Flags take no value: help shows no ``<bool>`` type for them (``--json``, ``--help``)."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+    return params
+
+
 class HesscliCommand(TyperCommand):
     """A command whose run (after its options are parsed) keeps stdout for the result."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:  # type: ignore[override]
+        """The command's parameters, flags shown without a value type in help."""
+        return _flags_without_type(super().get_params(ctx))
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
         """Run the command with user code's output sent to stderr."""
@@ -99,6 +111,10 @@ class HesscliCommand(TyperCommand):
 
 class HesscliGroup(TyperGroup):
     """Typer group whose ``main`` is the one error boundary of the command line."""
+
+    def get_params(self, ctx: typer.Context) -> list[Any]:  # type: ignore[override]
+        """The group's parameters, flags shown without a value type in help."""
+        return _flags_without_type(super().get_params(ctx))
 
     def main(  # type: ignore[override]
         self,
