@@ -53,8 +53,13 @@ _RESULTS: list[TextIO] = []
 
 
 def result_stream() -> TextIO:
-    """The stream that carries the result: the real stdout, even while it is diverted."""
-    return _RESULTS[-1] if _RESULTS else sys.stdout
+    """The stream that carries the result: the real stdout, even while it is diverted.
+
+    With stdout closed (``>&-``) the result goes nowhere, as a shell user asked.
+    """
+    if _RESULTS:
+        return _RESULTS[-1]
+    return sys.stdout if sys.stdout is not None else io.StringIO()
 
 
 @contextlib.contextmanager
@@ -74,14 +79,18 @@ def user_output_to_stderr() -> Iterator[None]:
     corrupt the JSON. :func:`result_stream` is a handle on the original stdout, used only to
     print the result.
     """
-    real = sys.stdout
+    real = sys.stdout if sys.stdout is not None else io.StringIO()  # None: stdout closed
     descriptor = _descriptor(real)
     target = _descriptor(sys.stderr)
     saved: int | None = None
     stream: TextIO = real
     if descriptor is not None and target is not None and descriptor != target:
-        real.flush()
-        saved = os.dup(descriptor)
+        try:
+            real.flush()
+            saved = os.dup(descriptor)
+        except (OSError, ValueError):  # stdout closed (``>&-``): divert at the Python level only
+            saved = None
+    if saved is not None:
         stream = open(  # noqa: SIM115 - closed in the finally below
             os.dup(saved),
             "w",
@@ -89,7 +98,7 @@ def user_output_to_stderr() -> Iterator[None]:
             errors=getattr(real, "errors", None) or "strict",
             closefd=True,
         )
-        os.dup2(target, descriptor)
+        os.dup2(target, descriptor)  # type: ignore[arg-type]
     _RESULTS.append(stream)
     try:
         with contextlib.redirect_stdout(sys.stderr):
