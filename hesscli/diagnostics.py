@@ -47,8 +47,12 @@ from hesscli.results import (
 
 log = logging.getLogger("hesscli")
 Progress = Callable[[str, int, int], None]
-#: Default relative residual tolerance of eigenvalues, by dtype (≈ what its products allow).
-TOLERANCE = {torch.float64: 1e-7, torch.float32: 1e-4}
+#: Default tolerance on an eigenvalue's error relative to ‖C‖, by dtype (≈ what its products
+#: allow). A value in a cluster, where no gap sharpens the estimate, needs its residual this
+#: small; a separated one is usually far more accurate than its estimate says.
+TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-4}
+#: Below −tol·‖C‖ an eigenvalue counts as negative (density's negative mass), by dtype.
+ZERO_TOLERANCE = {torch.float64: 1e-7, torch.float32: 1e-4}
 #: A loop predicted to take longer than this many seconds announces its plan.
 LONG_RUN_SECONDS = 10.0
 #: Lanczos steps at most, unless ``--max-steps`` says otherwise.
@@ -209,7 +213,9 @@ def basis_plan(op: CurvatureOperator, *, steps: int, wanted: int, runs: int = 1)
     dtype = op.dtype
 
     def held(vectors: int, keep: bool) -> int:
-        return runs * lanczos_bytes(op.size, 1, vectors, dtype, keep, ritz_vectors=wanted)
+        # Ritz vectors are formed only to recompute residuals from kept products.
+        ritz = wanted if keep else 0
+        return runs * lanczos_bytes(op.size, 1, vectors, dtype, keep, ritz_vectors=ritz)
 
     spare = op.spare_bytes()
     full = steps + 1
@@ -244,7 +250,7 @@ def _positive(value: float | None, option: str) -> None:
 
 # -- spectrum -------------------------------------------------------------------------------
 def _eigenvalues(pairs: tuple[Eigenpair, ...]) -> list[Eigenvalue]:
-    return [Eigenvalue(p.value, p.residual, p.converged) for p in pairs]
+    return [Eigenvalue(p.value, p.residual, p.error, p.converged) for p in pairs]
 
 
 def _spectrum(extremes: Extremes, parameters: int) -> Spectrum:

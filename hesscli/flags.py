@@ -55,7 +55,7 @@ RULES = (
     Rule(
         "unconverged",
         "model or layer",
-        "an eigenvalue's residual is above the tolerance: raise --max-steps",
+        "an eigenvalue's error is above the tolerance: raise --max-steps",
     ),
     Rule(
         "noisy-trace",
@@ -109,9 +109,7 @@ def model_flags(summary: Summary, *, lr: float | None = None) -> list[Flag]:
             Flag("sharp", "model", f"λmax = {top.value:.4g} > 2/lr = {2 / lr:.4g} (lr = {lr:g})")
         )
     if not (top.converged and bottom.converged):
-        flags.append(
-            Flag("unconverged", "model", "λmax or λmin did not reach the residual tolerance")
-        )
+        flags.append(Flag("unconverged", "model", "λmax or λmin did not reach the tolerance"))
     if not trace.exact and trace.stderr > NOISY_TRACE * abs(trace.value):
         flags.append(
             Flag(

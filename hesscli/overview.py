@@ -25,7 +25,7 @@ from hesscli.algorithms.density import (
     smoothed,
     span,
 )
-from hesscli.algorithms.eigen import ExtremeSearch, extremes_of
+from hesscli.algorithms.eigen import ExtremeSearch, eigenvalue_errors, extremes_of
 from hesscli.algorithms.lanczos import lanczos_bytes
 from hesscli.algorithms.lockstep import Member, advance_together
 from hesscli.algorithms.trace import t_quantile_975
@@ -34,6 +34,7 @@ from hesscli.diagnostics import (
     LARGE_MODEL,
     MAX_STEPS,
     TOLERANCE,
+    ZERO_TOLERANCE,
     Progress,
     _cost,
     _eigenvalues,
@@ -85,7 +86,8 @@ class ReportSettings:
         probes: Probe vectors of the density (stochastic Lanczos quadrature); default by
             model size (:func:`density_sizes`).
         steps: Lanczos steps per probe; default by model size.
-        tol: Eigenvalue residual tolerance relative to ‖C‖ (default by dtype).
+        tol: Tolerance on the eigenvalues' errors relative to ‖C‖ (default by dtype), and the
+            density's zero (default: 1e-7 in float64, 1e-4 in float32).
         max_steps: Lanczos steps at most for the eigenvalues.
         diag_products: Products for Diag++ when a layer's diagonal is estimated.
         lr: Learning rate, for the stability bound 2/lr of the ``sharp`` flag.
@@ -205,7 +207,8 @@ def run_density(
     prepared = prepare(request, layer_patterns=layer_patterns)
     op = operator_for(prepared, columns=(probes or 8) * (2 if per_layer else 1))
     probes, steps = density_sizes(op.size, probes, steps)
-    tol = TOLERANCE.get(op.dtype, 1e-4)
+    tol = ZERO_TOLERANCE.get(op.dtype, 1e-4)
+    eigen_tol = TOLERANCE.get(op.dtype, 1e-4)
     seed = prepared.settings["seed"].value
     bounds = [(b.start, b.stop) for b in op.blocks]
     max_basis = density_basis(op, probes, steps, 2 if per_layer else 1)
@@ -234,10 +237,10 @@ def run_density(
     (quadrature,) = whole.result()
     density = _density(quadrature, points=points, sigma=sigma, tol=tol)
     if whole.run.reorthogonalise:
-        (extremes,) = extremes_of(whole.run, 3, 1, tol)  # residuals: one more data pass
+        (extremes,) = extremes_of(whole.run, 3, 1, eigen_tol)  # residual bounds: no more products
         top, bottom = _eigenvalues(extremes.top), _eigenvalues(extremes.bottom)
     else:  # no basis, no Ritz vectors: the recurrence's residual estimates
-        top, bottom = _quadrature_extremes(quadrature, tol)
+        top, bottom = _quadrature_extremes(quadrature, eigen_tol)
     layers = {}
     if per_layer:
         found = searches[1].result()
@@ -269,15 +272,17 @@ def _quadrature_extremes(
 ) -> tuple[list[Eigenvalue], list[Eigenvalue]]:
     """The 3 largest and the smallest node of the first probe, with residual estimates.
 
-    The estimates are the recurrence's |β·s|: no basis was kept to recompute them from products.
+    The estimates are the recurrence's |β·s|: no basis was kept to bound them better. A ghost
+    copy of a node leaves no gap, so its error stays the residual.
     """
     depth = quadrature.depths[0]
     nodes, residuals = quadrature.nodes[0, :depth], quadrature.residuals[0, :depth]
     scale = float(nodes.abs().max())
+    errors = eigenvalue_errors(nodes, residuals, tol * scale)
 
     def pair(i: int) -> Eigenvalue:
-        residual = float(residuals[i])
-        return Eigenvalue(float(nodes[i]), residual, residual <= tol * scale)
+        error = float(errors[i])
+        return Eigenvalue(float(nodes[i]), float(residuals[i]), error, error <= tol * scale)
 
     return [pair(depth - 1 - k) for k in range(min(3, depth))], [pair(0)]
 
@@ -402,7 +407,8 @@ def measure(
     (extremes,) = whole.result()
     layer_extremes = per_layer.result()
     (quadrature,) = probes.result()
-    density = _density(quadrature, points=settings.points, sigma=settings.sigma, tol=tol)
+    zero = settings.tol or ZERO_TOLERANCE.get(op.dtype, 1e-4)
+    density = _density(quadrature, points=settings.points, sigma=settings.sigma, tol=zero)
     del whole, per_layer, probes, members  # their bases: the diagonals may use the room
     op.free(lanczos)
     diagonals = layer_diagonals(

@@ -222,10 +222,16 @@ class Engine:
 
 @dataclass(frozen=True)
 class Eigenvalue:
-    """One eigenvalue with its recomputed residual ‖Cy − λy‖ and whether it met the tolerance."""
+    """One eigenvalue: its residual ‖Cy − λy‖, its error and whether it met the tolerance.
+
+    The residual is a guarantee (some eigenvalue lies within it, Bauer–Fike); the error is the
+    estimate ‖r‖²/gap of the distance to it (at most the residual), which ``converged`` judges
+    against the tolerance.
+    """
 
     value: float
     residual: float
+    error: float
     converged: bool
 
 

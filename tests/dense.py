@@ -157,3 +157,27 @@ def relative(actual: torch.Tensor, expected: torch.Tensor) -> float:
     """‖actual − expected‖ / max(‖expected‖, tiny)."""
     scale = max(float(expected.norm()), 1e-300)
     return float((actual - expected).norm()) / scale
+
+
+def assert_honest_pairs(a: torch.Tensor, run: object, result: object, block: int = 0) -> None:
+    """Every reported pair of ``result`` (an ``Extremes`` of ``run``'s ``block``) is honest.
+
+    The Ritz vector is rebuilt from the run's basis; the reported residual must bound its true
+    residual ‖A·y − θ·y‖ and be tight (within 1e-6 of it), some eigenvalue of ``a`` must lie
+    within the residual (Bauer–Fike), and within the reported error, which is at most the
+    residual.
+    """
+    truth = torch.linalg.eigvalsh(a)
+    scale = float(truth.abs().max())
+    theta, vectors = torch.linalg.eigh(run.projected(block, 0))  # type: ignore[attr-defined]
+    for pair in (*result.top, *result.bottom):  # type: ignore[attr-defined]
+        index = int((theta - pair.value).abs().argmin())
+        y = run.vectors(block, 0, vectors[:, [index]])[:, 0]  # type: ignore[attr-defined]
+        y = y / y.norm()
+        true = float(torch.linalg.vector_norm(a @ y - pair.value * y))
+        assert true <= pair.residual * (1 + 1e-9) + 1e-13 * scale, (pair, true)
+        assert pair.residual <= true * (1 + 1e-6) + 1e-12 * scale, (pair, true)
+        distance = float((truth - pair.value).abs().min())
+        assert distance <= pair.residual + 1e-12 * scale, (pair, distance)
+        assert distance <= pair.error + 1e-12 * scale, (pair, distance)
+        assert pair.error <= pair.residual, pair

@@ -111,8 +111,8 @@ def _density_report(per_layer: bool = True) -> Report:
     results = replace(
         ts.results("density"),
         **{f.name: getattr(whole, f.name) for f in fields(Density)},
-        top=[Eigenvalue(OUTLIER, 2.5e-5, True), Eigenvalue(12.5, 3e-3, False)],
-        bottom=[Eigenvalue(-1.0, 4e-4, True)],
+        top=[Eigenvalue(OUTLIER, 2.5e-5, 2.5e-5, True), Eigenvalue(12.5, 3e-3, 3e-3, False)],
+        bottom=[Eigenvalue(-1.0, 4e-4, 4e-4, True)],
         trace=Trace(value=123.4, stderr=5.6, exact=False, interval=11.0, parameters=3466),
         layers=layers if per_layer else {},
     )
@@ -125,16 +125,16 @@ def _layers() -> dict[str, LayerSummary]:
         "fc1": replace(
             rows["fc1"],
             trace=Trace(80.5, 0.0, True, 0.0, 2080),
-            top=Eigenvalue(30.25, 1e-6, True),
-            bottom=Eigenvalue(-0.75, 1e-6, True),
+            top=Eigenvalue(30.25, 1e-6, 1e-6, True),
+            bottom=Eigenvalue(-0.75, 1e-6, 1e-6, True),
             diagonal=replace(rows["fc1"].diagonal, min=-0.0123, max=4.56, fraction_negative=0.25),
             flags=[],
         ),
         "fc3": replace(
             rows["fc3"],
             trace=Trace(12.75, 0.5, False, 1.0, 330),
-            top=Eigenvalue(9.5, 0.2, False),
-            bottom=Eigenvalue(-0.02, 1e-6, True),
+            top=Eigenvalue(9.5, 0.2, 0.2, False),
+            bottom=Eigenvalue(-0.02, 1e-6, 1e-6, True),
             diagonal=replace(rows["fc3"].diagonal, min=0.0, max=0.9, fraction_negative=0.0),
             flags=["flat"],
         ),
@@ -144,8 +144,8 @@ def _layers() -> dict[str, LayerSummary]:
 def _summary(top: float = OUTLIER, trace: float = 123.4) -> Summary:
     return replace(
         ts.summary(),
-        top=Eigenvalue(top, 2.5e-5, True),
-        bottom=Eigenvalue(-1.0, 4e-4, True),
+        top=Eigenvalue(top, 2.5e-5, 2.5e-5, True),
+        bottom=Eigenvalue(-1.0, 4e-4, 4e-4, True),
         trace=Trace(trace, 5.6, False, 11.0, 3466),
         ratio=-0.0222,
         negative_mass=ts.mass(0.0523, 0.0071),
@@ -380,7 +380,7 @@ def test_density_plot_of_density_and_report(tmp_path):
 def test_density_plot_x_range_includes_the_marked_top_eigenvalue(tmp_path):
     """A top eigenvalue outside the density's grid still gets its dashed line on the plot."""
     report = _density_report(per_layer=False)
-    far = replace(report.results, top=[Eigenvalue(80.0, 1e-6, True)])
+    far = replace(report.results, top=[Eigenvalue(80.0, 1e-6, 1e-6, True)])
     pdf = tmp_path / "far.pdf"
     density_plot(replace(report, results=far), pdf)
     assert pdf.read_bytes()[:5] == b"%PDF-"

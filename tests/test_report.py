@@ -99,7 +99,7 @@ def test_report_shares_data_passes(report) -> None:
     spent = 0
     for run in (
         run_spectrum(_request(), layer_patterns=[], top_k=1, bottom_k=1),
-        run_spectrum(_request(), layer_patterns=["fc1"], top_k=1, bottom_k=1),
+        run_spectrum(_request(), layer_patterns=[], top_k=1, bottom_k=1, per_layer=True),
         run_density(_request(), layer_patterns=[], probes=4, steps=30),
     ):
         spent += run.cost.data_passes
@@ -303,8 +303,8 @@ def _summary(
 ) -> Summary:
     mass = Mass(mass_low, 0.0, 0.1, mass_low, mass_low + 0.01)
     return Summary(
-        top=Eigenvalue(top, 1e-9, converged),
-        bottom=Eigenvalue(bottom, 1e-9, True),
+        top=Eigenvalue(top, 1e-9, 1e-9, converged),
+        bottom=Eigenvalue(bottom, 1e-9, 1e-9, True),
         trace=Trace(trace, trace_stderr, trace_stderr == 0, 2 * trace_stderr, 100),
         ratio=bottom / top,
         negative_mass=mass,
@@ -339,8 +339,8 @@ def test_layer_flags_fire_at_their_thresholds(report) -> None:
         return replace(
             base,
             trace=Trace(trace, 0.0, True, 0.0, 10),
-            top=Eigenvalue(top, 0.0, True),
-            bottom=Eigenvalue(bottom, 0.0, True),
+            top=Eigenvalue(top, 0.0, 0.0, True),
+            bottom=Eigenvalue(bottom, 0.0, 0.0, True),
         )
 
     assert _names(layer_flags("a", layer(10.0, 5.0, 0.0), summary, layers=3)) == set()

@@ -64,8 +64,8 @@ def load_schema(command: str) -> dict[str, Any]:
 
 
 def eigenvalue(value: float, residual: float = 3e-7, *, converged: bool = True) -> Eigenvalue:
-    """An eigenvalue with its residual."""
-    return Eigenvalue(value=value, residual=residual, converged=converged)
+    """An eigenvalue with its residual (and an error a hundredth of it)."""
+    return Eigenvalue(value=value, residual=residual, error=residual / 100, converged=converged)
 
 
 def trace(value: float, parameters: int, stderr: float = 0.0) -> Trace:

@@ -61,6 +61,9 @@ BREAKDOWN = 100.0
 AGAIN = 1 / math.sqrt(2)
 #: Basis vectors per allocated slab (the basis grows slab by slab, never copied).
 SLAB = 16
+#: Round-off of forming one reorthogonalised step, in units of ε times the norms involved
+#: (a few subtractions and a normalisation; see :meth:`Lanczos.residual_bounds`).
+ROUNDING = 8.0
 #: Rows per chunk when a thick restart overwrites the basis with Ritz vectors in place.
 RESTART_ROWS = 1 << 20
 #: Parameter-length vectors per column that a step holds besides the basis: the product
@@ -88,7 +91,8 @@ def lanczos_bytes(
             (unbounded), 2 without reorthogonalisation.
         dtype: The working dtype.
         keep_products: Whether every product is kept too (doubles the basis).
-        ritz_vectors: Ritz vectors assembled at the end to check residuals (top_k + bottom_k).
+        ritz_vectors: Ritz vectors assembled at the end to recompute residuals from kept
+            products (top_k + bottom_k; 0 when the products are not kept).
 
     Returns:
         The bytes, counting the product handed to each step (the caller's matmat output) but
@@ -197,6 +201,9 @@ class Lanczos:
         self._diagonal = torch.zeros((*shape, 0), dtype=torch.float64)
         self._off = torch.zeros((*shape, 0), dtype=torch.float64)
         self._arrow = torch.zeros((*shape, 0), dtype=torch.float64)
+        # Per row of T, a bound on what the relation C·Q = Q·T + β·q·eᵀ leaves out of C·q_i:
+        # the Gram–Schmidt coefficients T does not hold, and the round-off of forming them.
+        self._defect = torch.zeros((*shape, 0), dtype=torch.float64)
         self._head = torch.zeros(shape, dtype=torch.long)
         self._slabs: list[torch.Tensor] = []  # (K, n, P) each
         self._kept: list[torch.Tensor] = []  # the products, same layout
@@ -290,8 +297,9 @@ class Lanczos:
             if self.finished[s, k]:
                 target.zero_()
                 continue
+            defect = 0.0
             if self.reorthogonalise:
-                alpha, beta = self._orthogonalise(w[a:b, k], target, s, k, a, b, j + 1)
+                alpha, beta, defect = self._orthogonalise(w[a:b, k], target, s, k, a, b, j + 1)
             else:
                 alpha, beta = self._recur(w[a:b, k], target, k, a, b, s)
             o = int(self.order[s, k])
@@ -304,6 +312,7 @@ class Lanczos:
                 beta = 0.0
             self._diagonal[s, k, o] = alpha
             self._off[s, k, o] = beta
+            self._defect[s, k, o] = defect
             alphas[s, k], betas[s, k] = alpha, beta
             if spanned or (invariant and not self.reorthogonalise):
                 self.finished[s, k] = True  # spanned, or invariant: its quadrature is exact
@@ -319,8 +328,8 @@ class Lanczos:
 
     def _orthogonalise(
         self, w: torch.Tensor, target: torch.Tensor, s: int, k: int, a: int, b: int, count: int
-    ) -> tuple[float, float]:
-        """``target ← w`` orthogonalised against the first ``count`` vectors → (α, β).
+    ) -> tuple[float, float, float]:
+        """``target ← w`` orthogonalised against the first ``count`` vectors → (α, β, defect).
 
         First the recurrence's own terms (β·q_{j−1}, or right after a thick restart the
         arrow's σᵢ·yᵢ), written straight into ``target``, then α·q_j; these carry nearly all
@@ -329,6 +338,7 @@ class Lanczos:
         than 1 − 1/√2 of the norm (DGKS; the norm before it is ‖Qᵀx‖² + ‖x‖², Pythagoras).
         """
         j = count - 1
+        size = float(torch.linalg.vector_norm(w))
         views = list(self._views(self._slabs, k, a, b, count))
         current = self._slot(self._slabs, j)[k, a:b]
         o, head = int(self.order[s, k]), int(self._head[s, k])
@@ -348,7 +358,13 @@ class Lanczos:
         if beta < AGAIN * math.hypot(float(coefficients.norm()), beta):
             coefficients += _project(views, target, target)  # it cancelled: twice is enough
             beta = float(torch.linalg.vector_norm(target))
-        return alpha + float(coefficients[j]), beta
+        # T keeps α + c_j; the other coefficients c_i (i ≠ j) are what loss of orthogonality
+        # put there, and C·q_j = Q·T·e_j + β·q_{j+1} + Σ_{i≠j} c_i·q_i up to the round-off of
+        # the subtractions (a few ε·‖w‖): together, this row's defect.
+        others = torch.cat([coefficients[:j], coefficients[j + 1 :]]).double()
+        left_out = float(torch.linalg.vector_norm(others))
+        eps = float(torch.finfo(self.dtype).eps)
+        return alpha + float(coefficients[j]), beta, left_out + ROUNDING * eps * size
 
     def _recur(
         self, w: torch.Tensor, target: torch.Tensor, column: int, a: int, b: int, s: int
@@ -436,9 +452,12 @@ class Lanczos:
             self._slot(self._slabs, kept)[k, a:b].copy_(self._slot(self._slabs, last)[k, a:b])
             if self.keep_products:
                 self._compress(self._kept, k, a, b, coefficients)
+            defects = coefficients.abs().T @ self._defect[s, k, :o]  # ‖Σ_j s_ji·e_j‖ ≤ Σ|s_ji|·d_j
             self._diagonal[s, k].zero_()
             self._off[s, k].zero_()
             self._arrow[s, k].zero_()
+            self._defect[s, k].zero_()
+            self._defect[s, k, :kept] = defects
             self._diagonal[s, k, :kept] = theta[index]
             self._arrow[s, k, :kept] = sigma
             self._head[s, k] = kept
@@ -484,6 +503,20 @@ class Lanczos:
         """β_d of process (block, column): the size of the residual direction q_{d+1}."""
         d = int(self.order[block, column])
         return float(self._off[block, column, d - 1]) if d else 0.0
+
+    def residual_bounds(self, block: int, column: int, coefficients: torch.Tensor) -> torch.Tensor:
+        """Bounds on ‖C·Q·s − Q·T·s‖ + ‖…‖: the Ritz residuals of process (block, column).
+
+        For each column s of ``coefficients`` (unit eigenvectors of :meth:`projected`, so
+        that T·s = θ·s), ‖C·y − θ·y‖ for y = Q·s is at most |β_d·s_d| (the recurrence's
+        residual) plus Σᵢ|sᵢ|·defectᵢ (what T leaves out of each C·qᵢ, see
+        :meth:`_orthogonalise`), as long as Q stays orthonormal, which full
+        reorthogonalisation keeps to round-off. No product and no parameter-length vector:
+        small-matrix arithmetic on the CPU, float64.
+        """
+        d = int(self.order[block, column])
+        recurrence = (self.last_beta(block, column) * coefficients[d - 1]).abs()
+        return recurrence + coefficients[:d].abs().T @ self._defect[block, column, :d]
 
     def vectors(self, block: int, column: int, coefficients: torch.Tensor) -> torch.Tensor:
         """``Q·S`` restricted to block: Ritz vectors of process (block, column) → ``(n_s, r)``.
@@ -540,6 +573,7 @@ class Lanczos:
             self._diagonal = torch.cat([self._diagonal, pad], dim=-1)
             self._off = torch.cat([self._off, pad], dim=-1)
             self._arrow = torch.cat([self._arrow, pad], dim=-1)
+            self._defect = torch.cat([self._defect, pad], dim=-1)
 
     def _slot(self, slabs: list[torch.Tensor], index: int) -> torch.Tensor:
         """Vector ``index`` of every column: a ``(K, P)`` view."""

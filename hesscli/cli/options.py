@@ -351,8 +351,8 @@ ReportTol = Annotated[
     typer.Option(
         "--tol",
         callback=relative_tolerance,
-        help="Eigenvalue residual tolerance ‖Cy − λy‖ ≤ TOL × ‖C‖. Default: 1e-4 in float32, "
-        "1e-7 in float64.",
+        help="Eigenvalue tolerance: stop when every value's error (‖r‖²/gap, at most the "
+        "residual ‖Cy − λy‖) ≤ TOL × ‖C‖. Default: 1e-4 in float32, 1e-8 in float64.",
         rich_help_panel=_ESTIMATION,
     ),
 ]

@@ -68,8 +68,8 @@ def spectrum(
         typer.Option(
             "--tol",
             callback=opt.relative_tolerance,
-            help="Stop when every residual ‖Cy − λy‖ ≤ TOL × ‖C‖. Default: 1e-4 in float32, "
-            "1e-7 in float64.",
+            help="Stop when every eigenvalue's error (‖r‖²/gap, at most the residual "
+            "‖Cy − λy‖) ≤ TOL × ‖C‖. Default: 1e-4 in float32, 1e-8 in float64.",
             rich_help_panel=_PANEL,
         ),
     ] = None,
