@@ -85,7 +85,12 @@ class SavedBytes(contextlib.AbstractContextManager):
                 self.total += storage.nbytes()
         except (RuntimeError, NotImplementedError):  # tensors without storage (functorch)
             pass
-        return tensor
+        # A detached alias, never the tensor itself: the graph holds what pack returns, and a
+        # saved *output* returned as is points back to its own grad_fn, a cycle through C++
+        # that no collector breaks (every uncached product leaked its micro-batch's graph).
+        # Unpacking gives autograd the same storage and version counter, and it restores the
+        # grad_fn itself.
+        return tensor.detach()
 
     def __enter__(self) -> SavedBytes:
         self._hooks.__enter__()
