@@ -312,21 +312,23 @@ relative_tolerance = number(above=0.0, below=1.0)
 
 
 Probes = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--probes",
         min=1,
         help="Random probe vectors of the density (stochastic Lanczos quadrature); more "
-        "probes shrink its standard error and that of the probes' trace.",
+        "probes shrink its standard error and that of the probes' trace. Default: 8, or 4 "
+        "from 1M parameters.",
         rich_help_panel=_ESTIMATION,
     ),
 ]
 Steps = Annotated[
-    int,
+    int | None,
     typer.Option(
         "--steps",
         min=1,
-        help="Lanczos steps per probe (quadrature nodes per probe, one data pass each).",
+        help="Lanczos steps per probe (quadrature nodes per probe, one data pass each). "
+        "Default: 80, or 40 from 1M parameters.",
         rich_help_panel=_ESTIMATION,
     ),
 ]

@@ -41,8 +41,8 @@ def density(
     no_config: opt.NoConfig = False,
     json: opt.Json = False,
     output: opt.Output = None,
-    probes: opt.Probes = 8,
-    steps: opt.Steps = 80,
+    probes: opt.Probes = None,
+    steps: opt.Steps = None,
     per_layer: Annotated[
         bool,
         typer.Option(
