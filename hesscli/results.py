@@ -381,8 +381,8 @@ class DensityResults(Density):
     """Results of ``hesscli density``: the selection's density, and each layer's with --per-layer.
 
     The inherited fields are the whole selection's. ``top``/``bottom`` are the extreme Ritz
-    values of the first probe's Lanczos run (marked on plots), with residuals recomputed from
-    one more product; ``trace`` is the probes' Hutchinson estimate (the first moment of the
+    values of the first probe's Lanczos run (marked on plots), with residuals bounded from the
+    recurrence (no more products); ``trace`` is the probes' Hutchinson estimate (the first moment of the
     quadrature, times P).
     """
 

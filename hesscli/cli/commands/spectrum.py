@@ -83,10 +83,10 @@ def spectrum(
         ),
     ] = None,
 ) -> None:
-    """Top-k and most negative eigenvalues, each with its residual and a converged flag.
+    """Top-k and most negative eigenvalues, each with its residual, error and converged flag.
 
-    Lanczos with full reorthogonalisation, stopped on a residual tolerance; the residuals are
-    recomputed from actual products.
+    Lanczos with full reorthogonalisation, stopped when every value's error (‖r‖²/gap, at
+    most the residual) meets the tolerance; see docs/commands.md.
     """
     refuse_to_overwrite(output, [checkpoint, data, model, config])
     request = opt.request_from(locals())

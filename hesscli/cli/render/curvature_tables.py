@@ -74,8 +74,8 @@ def spectrum_renderable(report: Report) -> RenderableType:
     rows = [_spectrum_row(WHOLE, results, report.inputs.trainable_parameters)]
     rows += [_spectrum_row(name, layer, layer.parameters) for name, layer in results.layers.items()]
     note = (
-        f"residual = ‖Cy − λy‖ recomputed from products; converged: residual ≤ "
-        f"{results.tolerance:.0e} × ‖C‖"
+        f"residual = ‖Cy − λy‖ (an eigenvalue lies within it); converged: error "
+        f"(‖r‖²/gap, in --json) ≤ {results.tolerance:.0e} × ‖C‖"
     )
     return Group(
         heading(report, "Extreme eigenvalues"),

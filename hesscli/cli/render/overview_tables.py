@@ -278,7 +278,7 @@ def density_renderable(report: Report) -> RenderableType:
         parts.append(FitTable(DENSITY_LAYER_COLUMNS, rows, title=title))
     note = (
         f"{_not_converged([*results.top, *results.bottom])}{SCALE}\nRitz values: extreme nodes "
-        "of the first probe, residuals ‖Cy − λy‖ recomputed from products; grid, density and "
+        "of the first probe, residuals ‖Cy − λy‖ bounded from the recurrence; grid, density and "
         "nodes in --json"
     )
     parts.append(footer(report, results.engine, note))
