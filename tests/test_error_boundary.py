@@ -62,6 +62,12 @@ MODEL = textwrap.dedent(
             return super().forward(x)
 
 
+    class NanOnLast(Net):
+        def forward(self, x):
+            out = super().forward(x)
+            return out * float("nan") if _last(x) else out
+
+
     class ExitsOnLast(Net):
         def forward(self, x):
             if _last(x):
@@ -225,6 +231,14 @@ def test_forward_failing_on_the_last_short_micro_batch(
     assert f"during {stage}" in line
     assert "micro-batch 3 of 3 (samples 8-9)" in line
     assert "model.py:" in line  # where in the user's file
+
+
+@pytest.mark.parametrize("command", ["diag", "trace", "spectrum"])
+def test_nan_outputs_on_the_last_micro_batch(folder: Folder, command: str) -> None:
+    """NaN curvature (here from NaN outputs) is one line, never eigh's LinAlgError."""
+    folder.assert_error(
+        folder.run(command, "--exact" if command == "diag" else "--json", model="NanOnLast"), r"NaN"
+    )
 
 
 def test_forward_calling_sys_exit(folder: Folder) -> None:

@@ -47,6 +47,7 @@ from hesscli.engine.routes import (
     check_slice,
     relative_difference,
 )
+from hesscli.errors import NumericalError
 
 DELTA = "output"
 GAUSS_NEWTON = "gauss-newton factor"
@@ -459,6 +460,13 @@ def _gauss_newton(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     z, outputs = traced.z, traced.outputs
     hessians, spent = _output_hessians(mb, outputs.detach())
+    if not bool(torch.isfinite(hessians).all()):  # eigh would fail with a LinAlgError
+        raise NumericalError(
+            f"the loss's curvature with respect to the model outputs is NaN/Inf on a "
+            f"micro-batch of {mb.batch.size} samples (the outputs themselves are "
+            f"{'finite' if bool(torch.isfinite(outputs).all()) else 'NaN/Inf'})",
+            "check those samples and the weights; try --dtype float64",
+        )
     lam, vectors = torch.linalg.eigh(hessians)  # (b, m), (b, m, m)
     m = lam.shape[1]
     cotangents = vectors.permute(2, 0, 1).reshape(m, *outputs.shape).to(outputs.dtype)
