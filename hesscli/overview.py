@@ -331,8 +331,10 @@ def measure(
     sums, or Hutch++ from the same Diag++ probes.
     """
     start = time.perf_counter()
-    blocks_count = len(prepared.layers)
-    op = operator_for(prepared, columns=2 + (settings.probes or 8) + blocks_count)
+    # Every layer's own Lanczos column lives on that layer's rows only: together they are one
+    # parameter-length column of a pass, not one per layer (which on a 100-layer transformer
+    # asked for 21.6 GiB and refused an 8 GiB budget).
+    op = operator_for(prepared, columns=2 + (settings.probes or 8) + 1)
     sizes = density_sizes(op.size, settings.probes, settings.steps)
     diag_products = diag_products_for(op.size, settings.diag_products)
     settings = replace(settings, probes=sizes[0], steps=sizes[1], diag_products=diag_products)

@@ -512,10 +512,16 @@ class CurvatureOperator:
         return RouteReport(agreed, report.requested, f"rank 0's choice: {report.reason}")
 
     def _maybe_cache(self, index: int, apply: Apply, graph_bytes: int) -> None:
-        """Keep a reverse-route closure (it holds the micro-batch's gradient graph) in budget."""
+        """Keep a reverse-route closure (it holds the micro-batch's gradient graph) in budget.
+
+        With a single micro-batch the graph is free to keep: the plan of a pass already counts
+        it alive (:data:`~.memory.REVERSE_ACTIVATIONS_PER_SAMPLE`), and no other micro-batch's
+        graph will join it. Keeping it saves every later pass its forward and first backward.
+        """
         if self.route is None or self.route.route != REVERSE:
             return
-        if self.graph_bytes + graph_bytes <= self.cache_bytes:
+        alone = self.num_micro_batches == 1 and not self._cache
+        if alone or self.graph_bytes + graph_bytes <= self.cache_bytes:
             self._cache[index] = apply
             self.graph_bytes += graph_bytes
 
