@@ -382,8 +382,8 @@ class DensityResults(Density):
 
     The inherited fields are the whole selection's. ``top``/``bottom`` are the extreme Ritz
     values of the first probe's Lanczos run (marked on plots), with residuals bounded from the
-    recurrence (no more products); ``trace`` is the probes' Hutchinson estimate (the first moment of the
-    quadrature, times P).
+    recurrence (no more products); ``trace`` is the probes' Hutchinson estimate (the first
+    moment of the quadrature, times P).
     """
 
     top: list[Eigenvalue]
