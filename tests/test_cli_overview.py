@@ -470,7 +470,8 @@ def test_stubbed_report_announces_the_plan_on_stderr_only(cli, stub, tmp_path, m
     assert json.loads(result.stdout)["command"] == "report"
     assert _said(result) == [tables.plan_line(PLAN)]
     settings = calls[0]["settings"]
-    assert (settings.lr, settings.diag_products, settings.probes) == (0.1, 50, 8)
+    # --probes unset: None here, the size-aware default is chosen by run_report
+    assert (settings.lr, settings.diag_products, settings.probes) == (0.1, 50, None)
 
 
 @pytest.mark.parametrize(("passed", "code"), [(True, 0), (False, 1)])

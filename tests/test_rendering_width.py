@@ -15,6 +15,7 @@ go above them, and a pipe gets no stray blank line.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import logging
@@ -112,12 +113,12 @@ def bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A folder with the model, two checkpoints, 16 samples and a hesscli.toml."""
     folder = tmp_path_factory.mktemp("bert_like")
     (folder / "model.py").write_text(MODEL_SOURCE)
-    sys.path.insert(0, str(folder))
-    try:
-        import model as module  # the file just written
-    finally:
-        sys.path.remove(str(folder))
-        sys.modules.pop("model", None)
+    # Loaded from its path: an ``import model`` would return whatever module another test left
+    # under that name in sys.modules (it did, depending on the order the tests ran in).
+    spec = importlib.util.spec_from_file_location("bert_like_model", folder / "model.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
     torch.manual_seed(0)
     net = module.Deep()
     save_file(
