@@ -513,16 +513,30 @@ def test_unwritable_targets_fail_before_the_run(folder: Folder, option: str, whe
     )
 
 
+def _unwritable_file(root: Path) -> Path:
+    """An existing file this process cannot open for writing, root or not.
+
+    A read-only file in a scratch folder stops ordinary users; root passes permissions, so
+    then a kernel file without a write handler (sysfs/procfs refuse it to everyone).
+    """
+    scratch = root.parent / f"{root.name}_readonly"
+    scratch.mkdir(exist_ok=True)
+    private = scratch / "locked.json"
+    private.write_text("{}", encoding="utf-8")
+    private.chmod(0o444)
+    for target in (private, Path("/sys/kernel/notes"), Path("/proc/sys/kernel/version")):
+        try:
+            os.close(os.open(target, os.O_WRONLY | os.O_APPEND))
+        except OSError:
+            return target
+    raise AssertionError("no file on this machine refuses writing: the test cannot be posed")
+
+
 def test_unwritable_file_fails_before_the_run(folder: Folder) -> None:
-    target = Path("/proc/sys/kernel/version")
-    try:
-        os.close(os.open(target, os.O_WRONLY | os.O_APPEND))
-    except OSError:
-        pass
-    else:
-        pytest.skip("this system lets us open the read-only target for writing")
+    target = _unwritable_file(folder.root)
     folder.assert_error(
-        folder.run("report", "--output", str(target)), r"cannot write --output .*version"
+        folder.run("report", "--output", str(target)),
+        rf"cannot write --output .*{re.escape(target.name)}",
     )
 
 
