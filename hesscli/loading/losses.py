@@ -84,11 +84,16 @@ class Loss:
         name: Built-in name or the ``module:function`` spec.
         fn: ``fn(outputs, targets)`` → mean loss over the batch.
         how: Why this loss: ``"option"``/config source, or ``"inferred from ... targets"``.
+        shift: Leading target positions per sequence that no loss term uses (1 for a causal
+            LM's next-token cross-entropy, whose logits at ``t`` predict the label at ``t + 1``),
+            so that token weighting counts ``targets[:, shift:] != -100``: the tokens the loss
+            really averages over.
     """
 
     name: str
     fn: LossFn
     how: str
+    shift: int = 0
 
     @property
     def inferred(self) -> bool:
