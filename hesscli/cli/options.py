@@ -71,6 +71,17 @@ Loss = Annotated[
         rich_help_panel=_INPUT,
     ),
 ]
+OutputKey = Annotated[
+    str | None,
+    typer.Option(
+        "--output-key",
+        metavar="NAME",
+        help="The model output the loss sees when forward() returns a dict, a ModelOutput or "
+        "a tuple (a key, or an index of the tuple). Default: 'logits' for the built-in "
+        "losses (a tuple's first element); a module:function loss gets the whole output.",
+        rich_help_panel=_INPUT,
+    ),
+]
 MaxSamples = Annotated[
     int | None,
     typer.Option(

@@ -30,6 +30,7 @@ SETTING_TYPES: dict[str, type | tuple[type, ...]] = {
     "model_kwargs": dict,
     "data": str,
     "loss": str,
+    "output_key": str,
     "max_samples": int,
     "micro_batch": int,
     "device": str,

@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
     "model_kwargs": None,
     "data": None,
     "loss": None,
+    "output_key": None,
     "max_samples": None,
     "micro_batch": None,
     "device": "auto",

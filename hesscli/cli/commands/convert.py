@@ -32,6 +32,7 @@ def convert(
     model_kwargs: opt.ModelKwargs = None,
     data: opt.Data = None,
     loss: opt.Loss = None,
+    output_key: opt.OutputKey = None,
     trust_pickle: opt.TrustPickle = False,
     strict: opt.Strict = None,
     checkpoint_prefix: opt.CheckpointPrefix = None,

@@ -22,6 +22,7 @@ def trace(
     model_kwargs: opt.ModelKwargs = None,
     data: opt.Data = None,
     loss: opt.Loss = None,
+    output_key: opt.OutputKey = None,
     max_samples: opt.MaxSamples = None,
     micro_batch: opt.MicroBatch = None,
     layer: opt.Layers = None,
