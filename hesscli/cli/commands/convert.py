@@ -10,6 +10,7 @@ from rich.text import Text
 
 from hesscli.analysis import run_convert
 from hesscli.cli import options as opt
+from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit, stderr_console
 from hesscli.loading.guard import refuse_to_overwrite
 from hesscli.results import ConvertResults, Report
@@ -31,6 +32,9 @@ def convert(
     model: opt.Model = None,
     model_kwargs: opt.ModelKwargs = None,
     data: opt.Data = None,
+    text_field: TextField = None,
+    label_field: LabelField = None,
+    max_length: MaxLength = None,
     loss: opt.Loss = None,
     output_key: opt.OutputKey = None,
     trust_pickle: opt.TrustPickle = False,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hesscli.analysis import run_info
 from hesscli.cli import options as opt
+from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit, stderr_console
 from hesscli.cli.render.info_table import info_renderable
 from hesscli.loading.guard import refuse_to_overwrite
@@ -14,6 +15,9 @@ def info(
     model: opt.Model = None,
     model_kwargs: opt.ModelKwargs = None,
     data: opt.Data = None,
+    text_field: TextField = None,
+    label_field: LabelField = None,
+    max_length: MaxLength = None,
     loss: opt.Loss = None,
     output_key: opt.OutputKey = None,
     max_samples: opt.MaxSamples = None,

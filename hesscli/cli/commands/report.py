@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from hesscli.cli import options as opt
 from hesscli.cli.commands._overview import announce_plan, check_plot_target, write_plot
+from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.overview_tables import report_renderable
@@ -17,6 +18,9 @@ def report(
     model: opt.Model = None,
     model_kwargs: opt.ModelKwargs = None,
     data: opt.Data = None,
+    text_field: TextField = None,
+    label_field: LabelField = None,
+    max_length: MaxLength = None,
     loss: opt.Loss = None,
     output_key: opt.OutputKey = None,
     max_samples: opt.MaxSamples = None,

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 import typer
 
 from hesscli.cli import options as opt
+from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.curvature_tables import trace_renderable
@@ -21,6 +22,9 @@ def trace(
     model: opt.Model = None,
     model_kwargs: opt.ModelKwargs = None,
     data: opt.Data = None,
+    text_field: TextField = None,
+    label_field: LabelField = None,
+    max_length: MaxLength = None,
     loss: opt.Loss = None,
     output_key: opt.OutputKey = None,
     max_samples: opt.MaxSamples = None,
