@@ -1,4 +1,8 @@
-"""Resolve ``--device`` and ``--dtype`` to torch objects, failing clearly when unavailable."""
+"""Resolve ``--device`` and ``--dtype`` to torch objects, failing clearly when unavailable.
+
+Also the one place that waits for a device (:func:`synchronize`): CUDA runs asynchronously,
+so a timer read without it measures the queueing of kernels, not their work.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,20 @@ import torch
 from hesscli.errors import DeviceError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: Half-precision spellings refused, with why (float32 is hesscli's least precision).
+HALF = {
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "half": "float16",
+    "fp16": "float16",
+}
+#: Why half precision is refused, in one clause.
+HALF_REASON = (
+    "it keeps 2-3 significant digits (8 or 11 mantissa bits), so Lanczos loses orthogonality "
+    "within a few steps, eigenvalues and traces below about 1e-2 of the largest are rounding "
+    "noise, and the route and symmetry checks cannot tell a wrong product from round-off"
+)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -39,8 +57,13 @@ def resolve_device(name: str) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``float32`` or ``float64`` (MPS has no float64)."""
+    """``float32`` or ``float64`` (MPS has no float64); half precision is refused with why."""
     key = name.strip().lower()
+    if key in HALF:
+        raise DeviceError(
+            f"--dtype {HALF[key]} is not supported: {HALF_REASON}",
+            "use --dtype float32 (the default; true float32 on GPUs, TF32 off) or float64",
+        )
     if key not in DTYPES:
         raise DeviceError(f"unsupported dtype {name!r}", f"use one of {', '.join(DTYPES)}")
     if key == "float64" and device.type == "mps":
@@ -51,3 +74,15 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def _mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until ``device`` has finished its queued work (nothing to wait for on the CPU).
+
+    Call it before reading a timer: CUDA kernels run asynchronously, so without it a
+    measurement ends when the work is queued, not when it is done.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

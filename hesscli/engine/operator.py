@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from hesscli.engine.determinism import check_modules, check_repeatable
+from hesscli.engine.device import synchronize
 from hesscli.engine.distributed import SINGLE, Group
 from hesscli.engine.functional import (
     DEFAULT_MICRO_BATCH,
@@ -51,6 +52,7 @@ from hesscli.engine.memory import (
     trim_heap,
 )
 from hesscli.engine.params import list_layers
+from hesscli.engine.precision import float32_precision
 from hesscli.engine.products import Apply, LossFn, MicroBatchLoss
 from hesscli.engine.routes import (
     FORWARD,
@@ -123,6 +125,8 @@ class CurvatureOperator:
             product is summed over the ranks (default: one process).
         weighting: The unit the loss averages over and its total over all ranks (default: the
             samples of ``dataset``); see :mod:`hesscli.engine.weighting`.
+        allow_tf32: Let CUDA matmuls and cuDNN use TF32 in the products (default: true
+            float32; see :mod:`hesscli.engine.precision`).
     """
 
     def __init__(
@@ -141,6 +145,7 @@ class CurvatureOperator:
         verify: bool = True,
         group: Group = SINGLE,
         weighting: Weighting | None = None,
+        allow_tf32: bool = False,
     ) -> None:
         if kind not in KINDS:
             raise ConfigError(f"unknown curvature {kind!r}", "use hessian or ggn")
@@ -166,6 +171,7 @@ class CurvatureOperator:
         self.chunk_size = chunk_size
         self.verify = verify
         self.group = group
+        self.allow_tf32 = allow_tf32
         self.weighting = weighting or Weighting("samples", dataset.num_samples, dataset.num_samples)
         self.memory: MemoryPlan | None = None
         self._held = 0  # bytes the algorithm has reserved (see reserve)
@@ -311,19 +317,21 @@ class CurvatureOperator:
         """
         start = time.perf_counter()
         tangents = [(block, self.layout.unflatten(columns, block)) for block, columns in requests]
-        while True:
-            try:
-                totals = self._local_pass(tangents, [c.shape[1] for _, c in requests])
-                break
-            except (RuntimeError, MemoryError) as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                self._shrink(exc)
+        with float32_precision(self.allow_tf32):  # true float32 unless opted in; restored
+            while True:
+                try:
+                    totals = self._local_pass(tangents, [c.shape[1] for _, c in requests])
+                    break
+                except (RuntimeError, MemoryError) as exc:
+                    if not is_out_of_memory(exc):
+                        raise
+                    self._shrink(exc)
         for total in totals:
             self.group.sum_(total)
         if self.device.type == "cpu":
             trim_heap()
         self.counters.data_passes += 1
+        synchronize(self.device)  # the pass's kernels are done before the timer is read
         self.counters.seconds += time.perf_counter() - start
         return totals
 

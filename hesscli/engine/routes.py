@@ -28,6 +28,7 @@ import torch
 from torch.nn.functional import scaled_dot_product_attention
 from torch.overrides import TorchFunctionMode
 
+from hesscli.engine.device import synchronize
 from hesscli.engine.functional import Params
 from hesscli.engine.memory import SavedBytes, is_out_of_memory
 from hesscli.engine.products import (
@@ -177,6 +178,7 @@ def _attempt(kind: str, route: str, mb: MicroBatchLoss, probe: Params) -> _Attem
         if is_out_of_memory(exc):  # the operator retries smaller; not a missing rule
             raise
         return _Attempt(route, error=_first_line(exc))
+    synchronize(next(iter(probe.values())).device)  # the kernels are done before the timer
     return _Attempt(route, product, time.perf_counter() - start)
 
 
