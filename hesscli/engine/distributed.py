@@ -146,21 +146,14 @@ def join(device: torch.device, requested: bool | None) -> tuple[Group, torch.dev
             f"{', '.join(LAUNCHER_VARIABLES)} are not set",
             "start the command with 'torchrun --nproc-per-node N -m hesscli ...'",
         )
-    if device.type == "cuda":
-        if device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    backend, device, comm = placement(device)
+    if backend == "nccl":
         torch.cuda.set_device(device)
-        backend, comm = "nccl", device
-    elif device.type == "cpu":
-        backend, comm = "gloo", torch.device("cpu")
-    else:
-        raise DistributedError(
-            f"distributed runs need the CPU (gloo) or CUDA (nccl), not {device.type}",
-            "pass --device cpu or --device cuda",
-        )
     if not dist.is_initialized():
         try:
-            dist.init_process_group(backend)
+            # Bound to this rank's GPU: NCCL's barrier and collectives then need no guess.
+            bound = {"device_id": device} if backend == "nccl" else {}
+            dist.init_process_group(backend, **bound)
         except (RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise DistributedError(
@@ -174,6 +167,55 @@ def join(device: torch.device, requested: bool | None) -> tuple[Group, torch.dev
             "use the same --device for every command in the process",
         )
     return Group(dist.get_rank(), dist.get_world_size(), backend, comm), device
+
+
+def placement(device: torch.device) -> tuple[str, torch.device, torch.device]:
+    """The backend, this rank's device and the collectives' device of a launched rank.
+
+    CUDA: NCCL, one GPU per process, ``cuda:LOCAL_RANK`` for a bare ``cuda`` (or ``auto``);
+    the collectives run on that GPU. CPU: gloo, collectives on the CPU. A pure function of
+    ``device``, ``LOCAL_RANK``/``LOCAL_WORLD_SIZE`` and the GPU count (tested without GPUs).
+
+    Raises:
+        DistributedError: for other devices, a ``LOCAL_RANK`` without a GPU of its own, or one
+            GPU named for several processes.
+    """
+    if device.type == "cpu":
+        return "gloo", device, torch.device("cpu")
+    if device.type != "cuda":
+        raise DistributedError(
+            f"distributed runs need the CPU (gloo) or CUDA (nccl), not {device.type}",
+            "pass --device cpu or --device cuda",
+        )
+    local, here = _local("LOCAL_RANK", 0), _local("LOCAL_WORLD_SIZE", 1)
+    if device.index is not None and here > 1:
+        raise DistributedError(
+            f"--device {device} puts all {here} processes on this machine on one GPU; NCCL "
+            "needs one GPU per process",
+            "pass --device cuda (or auto): each process then uses cuda:LOCAL_RANK",
+        )
+    if device.index is None:
+        count = torch.cuda.device_count()
+        if local >= count:
+            raise DistributedError(
+                f"process LOCAL_RANK={local} has no GPU of its own: this machine has {count}",
+                f"start at most {count} processes per machine (torchrun --nproc-per-node "
+                f"{count}), or use --device cpu",
+            )
+        device = torch.device("cuda", local)
+    return "nccl", device, device
+
+
+def _local(name: str, default: int) -> int:
+    """A launcher's integer variable (``LOCAL_RANK``), refusing a malformed one."""
+    text = os.environ.get(name, str(default))
+    try:
+        return int(text)
+    except ValueError:
+        raise DistributedError(
+            f"the launcher variable {name}={text!r} is not an integer",
+            "start the command with torchrun, which sets it",
+        ) from None
 
 
 def leave() -> None:

@@ -193,14 +193,27 @@ def ranks_here() -> int:
     return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
+def ranks_sharing(device: torch.device) -> int:
+    """Processes of this run whose memory comes from ``device``'s.
+
+    On the CPU every process on the machine shares it. On CUDA each process of a torchrun
+    launch has its own GPU (``cuda:LOCAL_RANK``), so only processes beyond the GPU count
+    would share one.
+    """
+    local = ranks_here()
+    if device.type != "cuda":
+        return local
+    return max(1, -(-local // max(1, torch.cuda.device_count())))
+
+
 def automatic_budget(device: torch.device) -> int:
-    """A share of the device's total memory, split between the ranks that share this machine.
+    """A share of the device's total memory, split between the ranks that share the device.
 
     The total, not the free memory: the budget sizes micro-batches, and so must not change
     between two runs of the same inputs (see the module docstring).
     """
     share = AUTOMATIC_SHARE.get(device.type, 0.5)
-    return int(total_bytes(device) * share / ranks_here())
+    return int(total_bytes(device) * share / ranks_sharing(device))
 
 
 def check_free(needed: int, device: torch.device, *, source: str) -> None:
@@ -209,7 +222,7 @@ def check_free(needed: int, device: torch.device, *, source: str) -> None:
     Raises:
         MemoryLimitError: naming the size needed, what is free, and ``--max-memory``.
     """
-    free = free_bytes(device) // ranks_here()
+    free = free_bytes(device) // ranks_sharing(device)
     if needed <= free:
         return
     raise MemoryLimitError(
