@@ -133,6 +133,17 @@ Dtype = Annotated[
         rich_help_panel=_COMPUTE,
     ),
 ]
+AllowTf32 = Annotated[
+    bool | None,
+    typer.Option(
+        "--allow-tf32/--no-tf32",
+        help="Let CUDA matmuls and cuDNN convolutions use TF32 (faster on Ampere or later GPUs, "
+        "about 1e-3 relative error per operation). Default: true float32, TF32 off; the JSON "
+        "says which (settings.precision).",
+        show_default=False,
+        rich_help_panel=_COMPUTE,
+    ),
+]
 Seed = Annotated[
     int | None,
     typer.Option(

@@ -41,6 +41,7 @@ SETTING_TYPES: dict[str, type | tuple[type, ...]] = {
     "seed": int,
     "curvature": str,
     "hvp_method": str,
+    "allow_tf32": bool,
     "train_mode": bool,
     "distributed": bool,
     "max_memory": (str, int),

@@ -41,6 +41,7 @@ def compare(
     hvp_method: opt.HvpMethod = None,
     device: opt.Device = None,
     dtype: opt.Dtype = None,
+    allow_tf32: opt.AllowTf32 = None,
     seed: opt.Seed = None,
     train_mode: opt.TrainMode = None,
     distributed: opt.Distributed = None,
