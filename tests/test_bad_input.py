@@ -692,9 +692,9 @@ def test_data_safetensors_corrupt(ws: Workspace) -> None:
 
 
 def test_data_unsupported_extension(ws: Workspace) -> None:
-    data = ws.write("data.csv", "x1,x2,x3,x4,y\n0,0,0,0,1\n")
+    data = ws.write("data.tsv", "x1\tx2\tx3\tx4\ty\n0\t0\t0\t0\t1\n")
     ws.assert_error(
-        ws.info(ws.ckpt_pt, data=data), r"data\.csv has an unsupported extension '\.csv'"
+        ws.info(ws.ckpt_pt, data=data), r"data\.tsv has an unsupported extension '\.tsv'"
     )
 
 

@@ -1,8 +1,11 @@
-"""Read evaluation data: tensor files (``.pt``, ``.safetensors``, ``.npz``) or a Python factory.
+"""Read evaluation data: tensor files, text, ``save_to_disk`` folders, or a Python factory.
 
 A data set is held in memory as a tuple of batches, so every pass over it sees exactly the same
 samples in the same order (curvature estimates need a fixed loss). Inputs may be one tensor, a
-tuple of tensors (passed positionally) or a dict of tensors (passed as keyword arguments).
+tuple of tensors (passed positionally) or a dict of tensors (passed as keyword arguments). A
+Hugging Face batch dict (``input_ids``, ``attention_mask``, ``labels``, ...) gives its entries
+but ``labels`` as keyword inputs and ``labels`` as targets; text (JSONL, CSV) and dataset
+folders are read by :mod:`hesscli.loading.text`.
 """
 
 from __future__ import annotations
@@ -19,6 +22,16 @@ import torch
 from hesscli.errors import DataError
 from hesscli.loading.guard import refuse_special_file
 from hesscli.loading.imports import absolute_path, looks_like_spec, parse_spec, resolve_object
+from hesscli.loading.text import (
+    TEXT_SUFFIXES,
+    TextOptions,
+    encode_records,
+    hf_batch,
+    is_saved_dataset,
+    looks_like_hf_batch,
+    read_records,
+    read_saved_dataset,
+)
 
 INPUT_KEYS = ("inputs", "x", "input", "X", "features")
 TARGET_KEYS = ("targets", "y", "target", "Y", "labels")
@@ -111,13 +124,18 @@ def _pick(mapping: Mapping[str, Any], names: tuple[str, ...]) -> str | None:
     return next((name for name in names if name in mapping), None)
 
 
-def _from_mapping(mapping: Mapping[str, Any], *, where: str) -> Batch:
+def _from_mapping(
+    mapping: Mapping[str, Any], *, where: str, options: TextOptions | None = None
+) -> Batch:
     x_key, y_key = _pick(mapping, INPUT_KEYS), _pick(mapping, TARGET_KEYS)
+    if x_key is None and looks_like_hf_batch(mapping):
+        return Batch(*hf_batch(mapping, options=options or TextOptions(), where=where))
     if x_key is None or y_key is None:
         keys = ", ".join(map(str, mapping)) or "none"
         raise DataError(
             f"{where} has no recognisable inputs/targets (keys found: {keys})",
-            "store the tensors under 'inputs' and 'targets' (or 'x' and 'y')",
+            "store the tensors under 'inputs' and 'targets' (or 'x' and 'y'), or a Hugging "
+            "Face batch with 'input_ids' and 'labels'",
         )
     inputs = mapping[x_key]
     if isinstance(inputs, list):
@@ -125,9 +143,9 @@ def _from_mapping(mapping: Mapping[str, Any], *, where: str) -> Batch:
     return Batch(inputs, mapping[y_key])
 
 
-def _from_object(obj: Any, *, where: str) -> Batch:
+def _from_object(obj: Any, *, where: str, options: TextOptions | None = None) -> Batch:
     if isinstance(obj, Mapping):
-        return _from_mapping(obj, where=where)
+        return _from_mapping(obj, where=where, options=options)
     if isinstance(obj, tuple | list) and len(obj) == 2:
         inputs, targets = obj
         if isinstance(inputs, list):
@@ -198,14 +216,30 @@ def _tensorise(batch: Batch) -> Batch:
     return Batch(inputs, _as_tensor(batch.targets))
 
 
-def _read_file(path: Path) -> tuple[Batch, str]:
+def _read_file(
+    path: Path, options: TextOptions, max_samples: int | None
+) -> tuple[Batch, str, int | None]:
+    """One batch from a file, its format, and the samples it held before ``max_samples``."""
     suffix = path.suffix.lower()
     where = f"data file {path}"
+    if suffix in TEXT_SUFFIXES:
+        records = read_records(path)
+        if not records:
+            raise DataError(f"data {path} holds no samples", "give at least one record")
+        used = records[:max_samples] if max_samples is not None else records
+        batch = Batch(*encode_records(used, options=options, where=where))
+        return batch, suffix.lstrip("."), len(records)
+    batch, kind = _read_tensors(path, options, where)
+    return batch, kind, None  # counted once the batch is checked
+
+
+def _read_tensors(path: Path, options: TextOptions, where: str) -> tuple[Batch, str]:
+    suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
-            return _from_mapping(load_file(str(path)), where=where), "safetensors"
+            return _from_mapping(load_file(str(path)), where=where, options=options), "safetensors"
         except DataError:
             raise
         except Exception as exc:
@@ -222,11 +256,11 @@ def _read_file(path: Path) -> tuple[Batch, str]:
                 f"{where} is not a readable .npz archive ({type(exc).__name__}: {exc})",
                 "write it with numpy.savez holding 'inputs' and 'targets' arrays",
             ) from exc
-        return _from_mapping(arrays, where=where), "npz"
+        return _from_mapping(arrays, where=where, options=options), "npz"
     if suffix not in {".pt", ".pth", ".bin"}:
         raise DataError(
             f"{where} has an unsupported extension {suffix!r}",
-            "use a .pt, .safetensors or .npz file, or a module:function factory",
+            "use a .pt, .safetensors, .npz, .jsonl or .csv file, or a module:function factory",
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -236,10 +270,10 @@ def _read_file(path: Path) -> tuple[Batch, str]:
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})",
             "save it with torch.save({'inputs': x, 'targets': y}) (tensors only)",
         ) from exc
-    return _from_object(obj, where=where), "pt"
+    return _from_object(obj, where=where, options=options), "pt"
 
 
-def _call_factory(spec_text: str, *, base: Path) -> list[Batch]:
+def _call_factory(spec_text: str, *, base: Path, options: TextOptions) -> list[Batch]:
     spec = parse_spec(spec_text, base=base, what="data factory", error=DataError)
     factory = resolve_object(spec, base=base, what="data factory", error=DataError)
     if not callable(factory):
@@ -258,7 +292,7 @@ def _call_factory(spec_text: str, *, base: Path) -> list[Batch]:
         and isinstance(produced[1], torch.Tensor | np.ndarray)
     )
     if isinstance(produced, Mapping) or single_pair:
-        return [_from_object(produced, where=where)]
+        return [_from_object(produced, where=where, options=options)]
     if not isinstance(produced, Iterable):
         raise DataError(
             f"{where} returned a {type(produced).__name__}",
@@ -275,7 +309,7 @@ def _call_factory(spec_text: str, *, base: Path) -> list[Batch]:
                 f"{where} {_failure(exc)} while producing batch {len(batches)}",
                 "fix the factory function",
             ) from exc
-        batches.append(_from_object(item, where=f"{where} batch {len(batches)}"))
+        batches.append(_from_object(item, where=f"{where} batch {len(batches)}", options=options))
 
 
 def _failure(exc: BaseException) -> str:
@@ -299,35 +333,52 @@ def _truncate(batches: list[Batch], max_samples: int | None) -> Iterator[Batch]:
         yield batch
 
 
-def load_data(spec: str, *, base: Path, max_samples: int | None = None) -> Dataset:
-    """Read the data named by ``spec``: a tensor file or a ``module:function`` factory.
+def load_data(
+    spec: str,
+    *,
+    base: Path,
+    max_samples: int | None = None,
+    text: TextOptions | None = None,
+) -> Dataset:
+    """Read the data named by ``spec``: a tensor or text file, a dataset folder, or a factory.
 
     Args:
-        spec: A file path, or ``path/to/file.py:function`` / ``package.module:function``.
+        spec: A file or ``save_to_disk`` folder, or ``path/to/file.py:function`` /
+            ``package.module:function``.
         base: Directory relative paths resolve against.
         max_samples: Use only the first this many samples.
+        text: The checkpoint folder (tokenizer, model family) and the text options.
 
     Returns:
         The data set, every batch checked for shape agreement and finite values.
     """
     if max_samples is not None and max_samples < 1:
         raise DataError(f"--max-samples must be at least 1, got {max_samples}", "pass a count")
+    options = text or TextOptions()
     path = absolute_path(spec, base)
+    available = None
     if path.exists() or not looks_like_spec(spec):
         if not path.exists():
             raise DataError(f"data file not found: {path}", "check the --data path")
-        if path.is_dir():
+        if path.is_dir() and is_saved_dataset(path):
+            *pair, available = read_saved_dataset(path, options=options, max_samples=max_samples)
+            raw, kind, source = [Batch(*pair)], "dataset", str(path)
+        elif path.is_dir():
             raise DataError(
-                f"data path {path} is a directory", "pass a .pt, .safetensors or .npz file"
+                f"data path {path} is a directory",
+                "pass a .pt, .safetensors, .npz, .jsonl or .csv file, or a folder written by "
+                "datasets' save_to_disk",
             )
-        refuse_special_file(path, what="data file", error=DataError)  # never open a FIFO
-        batch, kind = _read_file(path)
-        raw, source = [batch], str(path)
+        else:
+            refuse_special_file(path, what="data file", error=DataError)  # never open a FIFO
+            batch, kind, available = _read_file(path, options, max_samples)
+            raw, source = [batch], str(path)
     else:
-        raw, kind, source = _call_factory(spec, base=base), "factory", spec
+        raw, kind, source = _call_factory(spec, base=base, options=options), "factory", spec
     batches = [_tensorise(b) for b in raw]
     batches = [_check_batch(b, where=f"data {source}") for b in batches]
-    available = sum(b.size for b in batches)
+    if available is None:
+        available = sum(b.size for b in batches)
     if available == 0:
         raise DataError(f"data {source} holds no samples", "give at least one sample")
     used = tuple(b for b in _truncate(batches, max_samples) if b.size > 0)

@@ -36,6 +36,7 @@ from hesscli.loading.guard import refuse_special_file
 from hesscli.loading.imports import absolute_path, looks_like_spec, package_file
 from hesscli.loading.losses import Loss, check_class_range, check_fit, resolve_loss
 from hesscli.loading.model_spec import build_model, parse_model_kwargs
+from hesscli.loading.text import TextOptions
 
 #: Built-in defaults for every setting.
 DEFAULTS: dict[str, Any] = {
@@ -219,7 +220,15 @@ def load_problem(settings: dict[str, Sourced], *, trust_pickle: bool = False) ->
             name = "--seed" if settings["seed"].source == "option" else "seed"
             raise ConfigError(f"{name} {seed} is out of range", "use one in [0, 2**63 - 1]")
         torch.manual_seed(int(seed))
-    dataset = load_data(data.value, base=data.base, max_samples=settings["max_samples"].value)
+    text = TextOptions(
+        folder=path if path.is_dir() else None,  # a save_pretrained folder: its tokenizer
+        text_field=settings["text_field"].value,
+        label_field=settings["label_field"].value,
+        max_length=settings["max_length"].value,
+    )
+    dataset = load_data(
+        data.value, base=data.base, max_samples=settings["max_samples"].value, text=text
+    )
     model.eval()
     loss, output_shape = _probe(model, dataset, settings["loss"])
     return Problem(model, label, raw, report, dataset, loss, output_shape, settings)
