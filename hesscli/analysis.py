@@ -20,6 +20,7 @@ from hesscli.engine.gradient import loss_and_gradient
 from hesscli.engine.memory import automatic_budget, parse_size
 from hesscli.engine.operator import DEFAULT_CHUNK, CurvatureOperator
 from hesscli.engine.params import Layer, list_layers, select_layers
+from hesscli.engine.precision import matmul_precision, tf32_used
 from hesscli.engine.routes import METHODS
 from hesscli.engine.weighting import Weighting
 from hesscli.errors import ConfigError, LayerError
@@ -43,6 +44,7 @@ from hesscli.results import (
     MemoryUse,
     Normalisation,
     Parallelism,
+    Precision,
     Report,
     RunInputs,
     RunSettings,
@@ -170,6 +172,7 @@ def run_info(request: Request, *, layer_patterns: list[str]) -> Report:
         dtype=prepared.dtype,
         weighting=prepared.weighting,
         group=prepared.group,
+        allow_tf32=prepared.allow_tf32,
     )
     results = InfoResults(
         model_class=type(problem.model).__name__,
@@ -226,6 +229,11 @@ def report_for(
             distributed=Parallelism(group.world_size, group.backend, prepared.shards)
             if group.active
             else None,
+            precision=Precision(
+                prepared.allow_tf32,
+                tf32_used(prepared.allow_tf32, prepared.device, prepared.dtype),
+                matmul_precision(prepared.allow_tf32),
+            ),
         ),
         results=results,
         cost=cost,
@@ -268,6 +276,11 @@ class Prepared:
     normalisation_reason: str
     shards: list[int]
     operators: list[CurvatureOperator]
+
+    @property
+    def allow_tf32(self) -> bool:
+        """Whether TF32 may be used (``--allow-tf32``; unset means true float32)."""
+        return bool(self.settings["allow_tf32"].value)
 
 
 def prepare(request: Request, *, layer_patterns: list[str] | None = None) -> Prepared:
@@ -363,6 +376,7 @@ def operator_for(
         chunk_size=chunk_size,
         group=prepared.group,
         weighting=prepared.weighting,
+        allow_tf32=prepared.allow_tf32,
     )
     limit = settings["max_memory"]
     if limit.value is not None:

@@ -55,6 +55,23 @@ class Parallelism:
 
 
 @dataclass(frozen=True)
+class Precision:
+    """The arithmetic a run computed with (``settings.precision``).
+
+    Attributes:
+        allow_tf32: Whether TF32 was allowed (``--allow-tf32`` or the ``allow_tf32`` setting).
+        tf32: Whether TF32 could change the numbers: allowed, float32, on a CUDA device.
+            ``false`` means true float32 (or float64) arithmetic.
+        float32_matmul_precision: ``highest`` (true float32) or ``high`` (TF32 allowed), as
+            set while hesscli computed (the caller's setting is restored afterwards).
+    """
+
+    allow_tf32: bool
+    tf32: bool
+    float32_matmul_precision: str
+
+
+@dataclass(frozen=True)
 class MemoryUse:
     """The memory plan the products ran under (rank 0's, with several ranks).
 
@@ -93,6 +110,8 @@ class RunSettings:
     chunk_size: int | None = None
     memory: MemoryUse | None = None
     distributed: Parallelism | None = None
+    #: TF32 allowed and used or not (``None`` for ``convert``, which computes nothing).
+    precision: Precision | None = None
 
 
 @dataclass(frozen=True)

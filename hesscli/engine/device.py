@@ -21,7 +21,7 @@ HALF = {
 }
 #: Why half precision is refused, in one clause.
 HALF_REASON = (
-    "it keeps 2-3 significant digits (8 or 11 mantissa bits), so Lanczos loses orthogonality "
+    "it keeps about 2 (bfloat16) or 3 (float16) significant digits, so Lanczos loses orthogonality "
     "within a few steps, eigenvalues and traces below about 1e-2 of the largest are rounding "
     "noise, and the route and symmetry checks cannot tell a wrong product from round-off"
 )

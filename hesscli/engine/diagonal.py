@@ -38,6 +38,7 @@ from hesscli.engine.layout import Block
 from hesscli.engine.memory import is_out_of_memory
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.engine.output_curvature import output_hessian_of
+from hesscli.engine.precision import float32_precision
 from hesscli.engine.products import MicroBatchLoss
 from hesscli.engine.routes import (
     FORWARD,
@@ -125,9 +126,10 @@ def exact_diagonal(
     columns_left = unit_columns_limit
     for index, block in enumerate(wanted):
         try:
-            values, method, count = _agreed(
-                op, block, modules.get(block.name), seed, output_space_limit
-            )
+            with float32_precision(op.allow_tf32):  # as the operator's own passes
+                values, method, count = _agreed(
+                    op, block, modules.get(block.name), seed, output_space_limit
+                )
             result.output_products += count
         except Unsupported as why:
             if columns_left is not None and block.size > columns_left:
@@ -517,7 +519,8 @@ def _output_space(
     for first in range(0, coordinates, step):
         index = torch.arange(first, min(first + step, coordinates), device=z.device)
         tangents = torch.zeros(len(index), b, positions, d, dtype=z.dtype, device=z.device)
-        tangents[torch.arange(len(index)), :, index // d, index % d] = 1
+        rows = torch.arange(len(index), device=z.device)  # indices on the device, as ``index``
+        tangents[rows, :, index // d, index % d] = 1
         try:
             image = apply({DELTA: tangents.reshape(len(index), *z.shape)})[DELTA]
         except RuntimeError as exc:  # no forward-mode rule downstream: double backward
@@ -527,7 +530,7 @@ def _output_space(
             image = apply({DELTA: tangents.reshape(len(index), *z.shape)})[DELTA]
         image = image.reshape(len(index), b, positions, d).double()
         # column (t', i) of sample n's block, restricted to output i: C_z[n, (t, i), (t', i)]
-        per_sample[:, index % d, :, index // d] = image[torch.arange(len(index)), :, :, index % d]
+        per_sample[:, index % d, :, index // d] = image[rows, :, :, index % d]
         if check:
             columns.append(image)
     if check:

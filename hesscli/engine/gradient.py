@@ -17,6 +17,7 @@ from hesscli.engine.functional import (
     trainable_parameters,
 )
 from hesscli.engine.params import Layer
+from hesscli.engine.precision import float32_precision
 from hesscli.engine.weighting import Weighting
 from hesscli.errors import NumericalError
 from hesscli.loading.data import Dataset
@@ -52,11 +53,13 @@ def loss_and_gradient(
     dtype: torch.dtype,
     weighting: Weighting | None = None,
     group: Group = SINGLE,
+    allow_tf32: bool = False,
 ) -> LossGradient:
     """One forward/backward pass over ``dataset``, micro-batches weighted by uⱼ/U.
 
     ``weighting`` and ``group`` are the operator's (see :class:`CurvatureOperator`): with
-    several ranks, ``dataset`` is this rank's shard and the sums run over every rank.
+    several ranks, ``dataset`` is this rank's shard and the sums run over every rank. The
+    pass runs in true float32 unless ``allow_tf32`` (see :mod:`hesscli.engine.precision`).
 
     Raises:
         NumericalError: when the loss or a gradient is NaN/Inf, naming the micro-batch or the
@@ -68,19 +71,21 @@ def loss_and_gradient(
     total = torch.zeros((), device=device, dtype=dtype)
     grads = {k: torch.zeros_like(v) for k, v in params.items()}
     count = 0
-    for first, part, weight in micro_batches(dataset, micro_batch, weighting):
-        count += 1
-        value = loss_of(params, to_device(part, device=device, dtype=dtype))
-        if not torch.isfinite(value):
-            raise NumericalError(
-                f"the loss is {float(value.detach())} on samples {first}-{first + part.size - 1}",
-                "check those samples and the checkpoint's weights",
-            )
-        pieces = torch.autograd.grad(value * weight, list(params.values()), allow_unused=True)
-        for (_name, grad), piece in zip(grads.items(), pieces, strict=True):
-            if piece is not None:
-                grad.add_(piece)
-        total += value.detach() * weight
+    with float32_precision(allow_tf32):  # true float32 unless opted in; restored
+        for first, part, weight in micro_batches(dataset, micro_batch, weighting):
+            count += 1
+            value = loss_of(params, to_device(part, device=device, dtype=dtype))
+            if not torch.isfinite(value):
+                where = f"{first}-{first + part.size - 1}"
+                raise NumericalError(
+                    f"the loss is {float(value.detach())} on samples {where}",
+                    "check those samples and the checkpoint's weights",
+                )
+            pieces = torch.autograd.grad(value * weight, list(params.values()), allow_unused=True)
+            for (_name, grad), piece in zip(grads.items(), pieces, strict=True):
+                if piece is not None:
+                    grad.add_(piece)
+            total += value.detach() * weight
     group.sum_(total)
     for grad in grads.values():
         group.sum_(grad)

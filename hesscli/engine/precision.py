@@ -36,26 +36,14 @@ _LEAVES = (
 )
 
 
-@dataclass(frozen=True)
-class Precision:
-    """The arithmetic a run used, for its JSON (``settings.precision``).
-
-    Attributes:
-        allow_tf32: Whether TF32 was allowed (``--allow-tf32``).
-        tf32: Whether TF32 could actually have been used: allowed, float32, on a CUDA device.
-        float32_matmul_precision: ``highest`` (true float32) or ``high`` (TF32 allowed), as
-            set for the run (``torch.set_float32_matmul_precision``).
-    """
-
-    allow_tf32: bool
-    tf32: bool
-    float32_matmul_precision: str
+def tf32_used(allow_tf32: bool, device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether TF32 can change a run's numbers: allowed, float32, and on a CUDA device."""
+    return allow_tf32 and device.type == "cuda" and dtype == torch.float32
 
 
-def precision_of(allow_tf32: bool, device: torch.device, dtype: torch.dtype) -> Precision:
-    """What a run on ``device`` in ``dtype`` computes with, given ``--allow-tf32``."""
-    used = allow_tf32 and device.type == "cuda" and dtype == torch.float32
-    return Precision(allow_tf32, used, "high" if allow_tf32 else "highest")
+def matmul_precision(allow_tf32: bool) -> str:
+    """``torch.set_float32_matmul_precision``'s value while hesscli computes."""
+    return "high" if allow_tf32 else "highest"
 
 
 def _leaf(backend: str, op: str) -> object | None:
@@ -91,7 +79,7 @@ def _save() -> _Saved:
 
 
 def _apply(allow_tf32: bool) -> None:
-    torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
+    torch.set_float32_matmul_precision(matmul_precision(allow_tf32))
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     torch.backends.cudnn.allow_tf32 = allow_tf32
     for backend, op in _LEAVES:
