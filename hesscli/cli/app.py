@@ -37,6 +37,7 @@ from hesscli.cli.failures import user_code_failure
 from hesscli.cli.output import configure_logging, rank_label, user_output_to_stderr
 from hesscli.engine.distributed import launched, leave
 from hesscli.engine.memory import is_out_of_memory
+from hesscli.engine.precision import float32_precision
 from hesscli.errors import HesscliError
 
 #: Exit codes: 0 success, 1 a ``check`` threshold failed (curvature commands), 2 bad usage/input.
@@ -104,8 +105,12 @@ class HesscliCommand(TyperCommand):
         return _flags_without_type(super().get_params(ctx))
 
     def invoke(self, ctx: typer.Context) -> Any:  # type: ignore[override]
-        """Run the command with user code's output sent to stderr."""
-        with user_output_to_stderr():
+        """Run the command with user code's output sent to stderr, in true float32.
+
+        The engine sets the precision of every computation itself (``--allow-tf32`` there);
+        this outer setting covers what runs besides it (the loading checks' forward passes).
+        """
+        with user_output_to_stderr(), float32_precision():
             return super().invoke(ctx)
 
 
