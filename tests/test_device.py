@@ -76,7 +76,7 @@ def test_half_precision_is_refused_with_why(name: str, kind: str) -> None:
 def test_dtypes_resolve_and_unknown_ones_are_listed() -> None:
     assert resolve_dtype("float32", torch.device("cpu")) is torch.float32
     assert resolve_dtype(" Float64", torch.device("cpu")) is torch.float64
-    with pytest.raises(DeviceError, match="unsupported dtype 'int8'.*float32, float64"):
+    with pytest.raises(DeviceError, match=r"unsupported dtype 'int8'.*float32, float64"):
         resolve_dtype("int8", torch.device("cpu"))
 
 
@@ -107,12 +107,12 @@ def test_cpu_ranks_use_gloo(two_gpus: pytest.MonkeyPatch) -> None:
 
 def test_a_rank_without_a_gpu_of_its_own_is_refused(two_gpus: pytest.MonkeyPatch) -> None:
     two_gpus.setenv("LOCAL_RANK", "2")
-    with pytest.raises(DistributedError, match="LOCAL_RANK=2 has no GPU.*--nproc-per-node 2"):
+    with pytest.raises(DistributedError, match=r"LOCAL_RANK=2 has no GPU.*--nproc-per-node 2"):
         placement(torch.device("cuda"))
 
 
 def test_one_named_gpu_for_several_ranks_is_refused(two_gpus: pytest.MonkeyPatch) -> None:
-    with pytest.raises(DistributedError, match="all 2 processes .* one GPU.*--device cuda"):
+    with pytest.raises(DistributedError, match=r"all 2 processes .* one GPU.*--device cuda"):
         placement(torch.device("cuda", 0))
     two_gpus.setenv("LOCAL_WORLD_SIZE", "1")  # one process per machine: its GPU as named
     assert placement(torch.device("cuda", 0))[1] == torch.device("cuda", 0)
@@ -159,7 +159,7 @@ def test_cuda_free_memory_is_read_and_not_split_between_gpus(
     assert memory.ranks_sharing(torch.device("cpu")) == 2  # the CPU's memory is shared
     assert memory.automatic_budget(cuda) == int(80 * gib * memory.AUTOMATIC_SHARE["cuda"])
     memory.check_free(3 * gib, cuda, source="test")
-    with pytest.raises(MemoryLimitError, match="only 3 GiB is free now.*--max-memory 3GiB"):
+    with pytest.raises(MemoryLimitError, match=r"only 3 GiB is free now.*--max-memory 3GiB"):
         memory.check_free(4 * gib, cuda, source="test")
     two_gpus.setenv("LOCAL_WORLD_SIZE", "4")  # four ranks on two GPUs: two share each
     assert memory.ranks_sharing(cuda) == 2
@@ -276,12 +276,19 @@ def test_the_python_api_operator_computes_in_true_float32(tmp_path) -> None:
 
 def test_float32_precision_restores_after_an_error_and_nests() -> None:
     before = backend_settings()
-    with pytest.raises(RuntimeError, match="boom"), float32_precision():
-        with float32_precision(allow_tf32=True):
-            assert torch.get_float32_matmul_precision() == "high"
-        assert torch.get_float32_matmul_precision() == "highest"
-        assert torch.backends.cudnn.allow_tf32 is False
-        raise RuntimeError("boom")
+    seen = []
+
+    def fail_inside() -> None:
+        with float32_precision():
+            with float32_precision(allow_tf32=True):
+                seen.append(torch.get_float32_matmul_precision())
+            seen.append(torch.get_float32_matmul_precision())
+            seen.append(torch.backends.cudnn.allow_tf32)
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        fail_inside()
+    assert seen == ["high", "highest", False]
     assert backend_settings() == before
 
 
