@@ -24,6 +24,7 @@ from hesscli.engine.precision import matmul_precision, tf32_used
 from hesscli.engine.routes import METHODS
 from hesscli.engine.weighting import Weighting
 from hesscli.errors import ConfigError, LayerError
+from hesscli.loading.additivity import check_additive
 from hesscli.loading.checkpoint import write_safetensors
 from hesscli.loading.config import SETTING_TYPES, ConfigFile, Sourced, metadata_may_name
 from hesscli.loading.data import Dataset, input_tensors
@@ -305,8 +306,16 @@ def prepare(request: Request, *, layer_patterns: list[str] | None = None) -> Pre
     kind, why = resolve_normalisation(
         settings["normalisation"].value, problem.loss, problem.dataset.first.targets
     )
+    one_pass = not group.active and len(problem.dataset.batches) == 1
+    one_pass = one_pass and problem.dataset.num_samples <= micro_batch
+    found = check_additive(
+        problem.model, problem.dataset.first, problem.loss, kind=kind, one_pass=one_pass
+    )
+    why = f"{why}; {found.note}" if found.note else why
     local = shard(problem.dataset, group) if group.active else problem.dataset
-    weighting, shards = weighting_for(local, kind, group)
+    weighting, shards = weighting_for(
+        local, kind, group, shift=found.shift, single_pass=not found.additive
+    )
     layers = select_layers(problem.model, layer_patterns)
     train_mode = bool(settings["train_mode"].value)
     prepare_model(problem.model, device=device, dtype=dtype, train_mode=train_mode)

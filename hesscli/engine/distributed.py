@@ -253,13 +253,17 @@ def shard(dataset: Dataset, group: Group) -> Dataset:
     return dataset.subset(start, stop)
 
 
-def weighting_for(dataset: Dataset, kind: str, group: Group) -> tuple[Weighting, list[int]]:
+def weighting_for(
+    dataset: Dataset, kind: str, group: Group, *, shift: int = 0, single_pass: bool = False
+) -> tuple[Weighting, list[int]]:
     """The units of the loss over every rank, and each rank's sample count.
+
+    ``shift`` and ``single_pass`` are those of :class:`Weighting`.
 
     Raises:
         DataError: when a rank holds no unit at all (only padding), whose mean is undefined.
     """
-    units, samples = local_units(dataset, kind)
+    units, samples = local_units(dataset, kind, shift)
     every_unit, every_sample = group.gather(units), group.gather(samples)
     empty = [rank for rank, count in enumerate(every_unit) if count == 0]
     if empty:
@@ -268,4 +272,5 @@ def weighting_for(dataset: Dataset, kind: str, group: Group) -> tuple[Weighting,
             f"{where} holds no real tokens (every target is padding)",
             "use fewer processes, or data with real targets",
         )
-    return Weighting(kind, sum(every_unit), sum(every_sample)), every_sample
+    weighting = Weighting(kind, sum(every_unit), sum(every_sample), shift, single_pass)
+    return weighting, every_sample
