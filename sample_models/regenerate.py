@@ -548,12 +548,30 @@ def build_tiny_tagger(folder: Path) -> dict[str, Any]:
     }
 
 
-BUILDERS: dict[str, tuple[str, Callable[[Path], dict[str, Any]]]] = {
+def build_hf(name: str) -> Callable[[Path], dict[str, Any]]:
+    """The builder ``name`` of ``hf_samples.py`` (imported when called: it needs transformers)."""
+
+    def build(folder: Path) -> dict[str, Any]:
+        path = HERE / "hf_samples.py"
+        spec = importlib.util.spec_from_file_location("sample_models_hf_samples", path)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot import {path}")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return getattr(module, name)(folder)
+
+    return build
+
+
+#: Folder -> (class in its model.py, or None when the builder counts the parameters, builder).
+BUILDERS: dict[str, tuple[str | None, Callable[[Path], dict[str, Any]]]] = {
     "seed_ann": ("SeedANN", build_seed_ann),
     "digits_mlp": ("DigitsMLP", build_digits_mlp),
     "digits_cnn": ("DigitsCNN", build_digits_cnn),
     "tiny_transformer": ("TinyTransformer", build_tiny_transformer),
     "tiny_tagger": ("TinyTagger", build_tiny_tagger),
+    "hf_bert": (None, build_hf("build_hf_bert")),
+    "hf_gpt2": (None, build_hf("build_hf_gpt2")),
 }
 
 
@@ -580,12 +598,16 @@ def build_entry(name: str) -> dict[str, Any]:
     print(f"{name}:")
     began = time.perf_counter()
     result = build(folder)
-    total, trainable = count_parameters(load_model_class(name, class_name)())
-    metric = (
-        f"accuracy {result['accuracy']:.2%}"
-        if "accuracy" in result
-        else f"loss {result['final_loss']:.4f}"
-    )
+    if class_name is None:
+        total, trainable = result.pop("parameters"), result.pop("trainable_parameters")
+    else:
+        total, trainable = count_parameters(load_model_class(name, class_name)())
+    if "accuracy" in result:
+        metric = f"accuracy {result['accuracy']:.2%}"
+    elif "final_loss" in result:
+        metric = f"loss {result['final_loss']:.4f}"
+    else:
+        metric = f"{result['eval_tokens']} target tokens"
     print(
         f"  {total} parameters, {metric}, eval loss {result['eval_loss']:.4f}, "
         f"{time.perf_counter() - began:.1f} s"

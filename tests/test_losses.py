@@ -99,6 +99,11 @@ def _reference(name: str):
         "mse": F.mse_loss,
         "bce_with_logits": F.binary_cross_entropy_with_logits,
         "huber": F.huber_loss,
+        # logits (b, T, C): torch's own layout is (b, C, T); the causal LM scores t against t + 1
+        "token_cross_entropy": lambda x, y: F.cross_entropy(x.transpose(1, 2), y),
+        "next_token_cross_entropy": lambda x, y: F.cross_entropy(
+            x[:, :-1].transpose(1, 2), y[:, 1:]
+        ),
     }[name]
 
 
@@ -109,6 +114,10 @@ def _loss_inputs(name: str) -> tuple[torch.Tensor, torch.Tensor]:
         targets = torch.randint(0, 4, (6, 3), generator=generator)
         targets[0, 1] = targets[4, 2] = -100  # padding
         return (outputs.log_softmax(1) if name == "nll" else outputs), targets
+    if name in {"token_cross_entropy", "next_token_cross_entropy"}:  # logits (6, T=4, C=3)
+        targets = torch.randint(0, 3, (6, 4), generator=generator)
+        targets[0, 1] = targets[4, 2] = targets[5, 0] = -100  # padding
+        return outputs, targets
     return outputs, torch.rand(6, 4, 3, generator=generator, dtype=torch.float64)
 
 

@@ -91,6 +91,8 @@ CLOSED_FORMS = [
     ("bce_with_logits", _x(6, 3), torch.rand(6, 3, generator=_gen(15), dtype=F64)),
     ("bce_with_logits-sequence", _x(4, 2, 3), torch.rand(4, 2, 3, generator=_gen(16), dtype=F64)),
     ("huber", *_huber_targets()),
+    ("token_cross_entropy", _x(5, 4, 3, seed=17), _labels((5, 4), 3, seed=18, padding=4)),
+    ("next_token_cross_entropy", _x(5, 4, 3, seed=19), _labels((5, 4), 3, seed=20, padding=4)),
 ]
 
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from hesscli.engine import output_curvature
 from hesscli.errors import LossError
+from hesscli.loading import sequence_losses
 from hesscli.loading.imports import looks_like_spec, parse_spec, resolve_object
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -72,8 +73,24 @@ BUILTIN_LOSSES: dict[str, LossFn] = {
     "nll": BuiltinLoss(F.nll_loss, output_curvature.nll_hessian),
     "bce_with_logits": BuiltinLoss(_bce_with_logits, output_curvature.bce_with_logits_hessian),
     "huber": BuiltinLoss(_huber, output_curvature.huber_hessian),
+    "token_cross_entropy": BuiltinLoss(
+        sequence_losses.token_cross_entropy, sequence_losses.token_cross_entropy_hessian
+    ),
+    "next_token_cross_entropy": BuiltinLoss(
+        sequence_losses.next_token_cross_entropy,
+        sequence_losses.next_token_cross_entropy_hessian,
+    ),
 }
-_ALIASES = {"ce": "cross_entropy", "crossentropy": "cross_entropy", "bce": "bce_with_logits"}
+#: Built-ins over logits ``(b, T, C)`` (class last) and labels ``(b, T)``: token means.
+TOKEN_LOSSES = ("token_cross_entropy", "next_token_cross_entropy")
+#: Leading target positions per sequence that no term of a built-in uses (see ``Loss.shift``).
+SHIFTS = {"next_token_cross_entropy": 1}
+_ALIASES = {
+    "ce": "cross_entropy",
+    "crossentropy": "cross_entropy",
+    "bce": "bce_with_logits",
+    "causal_lm": "next_token_cross_entropy",
+}
 
 
 @dataclass(frozen=True)
@@ -99,6 +116,11 @@ class Loss:
     def inferred(self) -> bool:
         """Whether the loss was inferred from the targets rather than named."""
         return self.how.startswith("inferred")
+
+
+def builtin_loss(name: str, how: str) -> Loss:
+    """The built-in loss ``name`` (a key of :data:`BUILTIN_LOSSES`), with its target shift."""
+    return Loss(name, BUILTIN_LOSSES[name], how, SHIFTS.get(name, 0))
 
 
 def infer_loss_name(targets: torch.Tensor) -> tuple[str, str]:
@@ -131,7 +153,7 @@ def resolve_loss(name: str | None, targets: torch.Tensor, *, base: Path, how: st
         return Loss(inferred, BUILTIN_LOSSES[inferred], reason)
     key = _ALIASES.get(name.lower(), name.lower())
     if key in BUILTIN_LOSSES:
-        return Loss(key, BUILTIN_LOSSES[key], how)
+        return builtin_loss(key, how)
     if not looks_like_spec(name):
         raise LossError(
             f"unknown loss {name!r}",
@@ -166,6 +188,8 @@ def check_fit(loss: Loss, outputs: object, targets: torch.Tensor) -> None:
     out, tgt = _shape(outputs), _shape(targets)
     if name in {"cross_entropy", "nll"}:
         _check_classification(name, outputs, targets)
+    elif name in TOKEN_LOSSES:
+        _check_tokens(name, outputs, targets)
     elif name in {"mse", "huber", "bce_with_logits"}:
         if not (targets.is_floating_point() or name == "bce_with_logits"):
             raise LossError(
@@ -207,6 +231,21 @@ def _check_classification(name: str, outputs: torch.Tensor, targets: torch.Tenso
             "outputs must be (N, C, ...) for targets (N, ...); check --model and --data",
         )
     _check_label_range(name, targets, out[1])
+
+
+def _check_tokens(name: str, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+    out, tgt = _shape(outputs), _shape(targets)
+    if targets.is_floating_point() or targets.dtype == torch.bool or targets.is_complex():
+        raise LossError(
+            f"loss {name} needs integer token labels, got {_dtype(targets)} targets {tgt}",
+            "store the labels as int64 (-100 where no token is to be predicted)",
+        )
+    if outputs.ndim != 3 or out[:2] != tgt:
+        raise LossError(
+            f"loss {name}: outputs of shape {out} do not fit token labels of shape {tgt}",
+            "outputs must be logits (N, T, C) for labels (N, T); check --model and --data",
+        )
+    _check_label_range(name, targets[:, SHIFTS.get(name, 0) :], out[2])
 
 
 def _check_label_range(name: str, targets: torch.Tensor, classes: int) -> None:
@@ -266,14 +305,20 @@ def resolve_normalisation(requested: str, loss: Loss, targets: torch.Tensor) -> 
     if key != "auto":
         return key, "as requested"
     padded = labels and bool((targets == IGNORE_INDEX).any())
-    positions = labels and loss.name in {"cross_entropy", "nll"} and targets.ndim > 1
+    per_position = {"cross_entropy", "nll", *TOKEN_LOSSES}
+    positions = labels and loss.name in per_position and targets.ndim > 1
     if padded or positions:
         why = f"targets hold padding ({IGNORE_INDEX})" if padded else "one label per position"
         return "tokens", f"auto: {why}"
     return "samples", "auto"
 
 
-def check_class_range(loss: Loss, targets: torch.Tensor, classes: int) -> None:
-    """Check every batch's labels (not only the first one's) against the number of classes."""
-    if loss.name in {"cross_entropy", "nll"} and not targets.is_floating_point():
-        _check_label_range(loss.name, targets, classes)
+def check_class_range(loss: Loss, targets: torch.Tensor, output_shape: tuple[int, ...]) -> None:
+    """Check every batch's labels (not only the first one's) against the number of classes.
+
+    The classes are the outputs' dimension 1, or the last one for the token losses.
+    """
+    if loss.name in TOKEN_LOSSES and targets.ndim == 2 and len(output_shape) == 3:
+        _check_label_range(loss.name, targets[:, loss.shift :], output_shape[-1])
+    elif loss.name in {"cross_entropy", "nll"} and not targets.is_floating_point():
+        _check_label_range(loss.name, targets, output_shape[1])

@@ -6,6 +6,7 @@ the data set and the loss, checked against each other with one cheap forward pas
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from hesscli.errors import CheckpointError, ConfigError, DataError, ModelSpecError
+from hesscli.loading import huggingface, outputs
 from hesscli.loading.checkpoint import (
     KeyReport,
     RawCheckpoint,
@@ -34,9 +36,15 @@ from hesscli.loading.config import (
 from hesscli.loading.data import Dataset, apply_model, input_tensors, load_data
 from hesscli.loading.guard import refuse_special_file
 from hesscli.loading.imports import absolute_path, looks_like_spec, package_file
-from hesscli.loading.losses import Loss, check_class_range, check_fit, resolve_loss
+from hesscli.loading.losses import (
+    BUILTIN_LOSSES,
+    Loss,
+    builtin_loss,
+    check_class_range,
+    check_fit,
+    resolve_loss,
+)
 from hesscli.loading.model_spec import build_model, parse_model_kwargs
-from hesscli.loading.text import TextOptions
 
 #: Built-in defaults for every setting.
 DEFAULTS: dict[str, Any] = {
@@ -63,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
     "strict": True,
     "checkpoint_prefix": None,
 }
+log = logging.getLogger("hesscli")
 #: Samples run through the model to check that data, model and loss fit together.
 _PROBE_SAMPLES = 8
 
@@ -155,15 +164,25 @@ def _build(settings: dict[str, Sourced], raw: RawCheckpoint) -> tuple[nn.Module,
     return model, spec.value
 
 
-def _probe(model: nn.Module, dataset: Dataset, loss_setting: Sourced) -> tuple[Loss, tuple]:
-    """Run a few samples through the model in eval mode to check data, model and loss fit."""
+def _probe(
+    model: nn.Module,
+    dataset: Dataset,
+    loss_setting: Sourced,
+    output_key: Sourced,
+    pretrained: huggingface.Pretrained | None,
+) -> tuple[Loss, tuple]:
+    """Run a few samples through the model in eval mode to check data, model and loss fit.
+
+    Also resolves the loss (the model family's by default for a Hugging Face folder) and
+    which of the model's outputs it sees (:mod:`hesscli.loading.outputs`).
+    """
     first = dataset.first.slice(0, _PROBE_SAMPLES)
     shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in input_tensors(first.inputs))
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            outputs = apply_model(model, first.inputs)
+            produced = apply_model(model, first.inputs)
     except Exception as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataError(
@@ -173,12 +192,31 @@ def _probe(model: nn.Module, dataset: Dataset, loss_setting: Sourced) -> tuple[L
     finally:
         model.train(was_training)
     how = loss_setting.source if loss_setting.source != DEFAULT else "default"
-    loss = resolve_loss(loss_setting.value, first.targets, base=loss_setting.base, how=how)
-    check_fit(loss, outputs, first.targets)
-    if outputs.ndim >= 2:
+    squeeze = False
+    if loss_setting.value is None and pretrained is not None:
+        name, why, squeeze = huggingface.default_loss(pretrained, first.targets)
+        loss = builtin_loss(name, why)
+    else:
+        loss = resolve_loss(loss_setting.value, first.targets, base=loss_setting.base, how=how)
+    key = output_key.value
+    selection = outputs.choose(
+        produced, None if key is None else str(key), whole_by_default=not _builtin(loss)
+    )
+    if selection is not None:
+        if squeeze and selection.key == outputs.DEFAULT_KEY:
+            selection = outputs.Selection(selection.key, squeeze_last=True)
+        produced = selection.pick(produced)
+        outputs.install(model, selection)
+        log.info("the loss sees the model's output %s", selection.describe())
+    check_fit(loss, produced, first.targets)
+    if produced.ndim >= 2:
         for batch in dataset.batches:
-            check_class_range(loss, batch.targets, int(outputs.shape[1]))
-    return loss, tuple(outputs.shape)
+            check_class_range(loss, batch.targets, tuple(produced.shape))
+    return loss, tuple(produced.shape)
+
+
+def _builtin(loss: Loss) -> bool:
+    return loss.name in BUILTIN_LOSSES
 
 
 def load_problem(settings: dict[str, Sourced], *, trust_pickle: bool = False) -> Problem:
@@ -190,8 +228,20 @@ def load_problem(settings: dict[str, Sourced], *, trust_pickle: bool = False) ->
     """
     path = Path(settings["checkpoint"].value)
     refuse_special_file(path, what="checkpoint", error=CheckpointError)  # never open a FIFO
-    raw = read_checkpoint(path, trust_pickle=trust_pickle)
-    model, label = _build(settings, raw)
+    pretrained = None
+    spec = settings["model"].value
+    if huggingface.is_pretrained_folder(path):
+        if spec is None or str(spec).startswith("transformers:"):
+            pretrained, raw = _pretrained(path, settings)
+            model, label = pretrained.model, pretrained.label
+        else:  # the user's own module, with the folder's weights
+            raw = huggingface.read_folder_weights(path)
+            model, label = _build(settings, raw)
+    else:
+        if path.is_dir():
+            huggingface.refuse_folder(path)
+        raw = read_checkpoint(path, trust_pickle=trust_pickle)
+        model, label = _build(settings, raw)
     if raw.module is not None and model is raw.module:
         state = model.state_dict()
         check_finite_state(state, where=f"pickled model {path.name} weights")
@@ -220,18 +270,27 @@ def load_problem(settings: dict[str, Sourced], *, trust_pickle: bool = False) ->
             name = "--seed" if settings["seed"].source == "option" else "seed"
             raise ConfigError(f"{name} {seed} is out of range", "use one in [0, 2**63 - 1]")
         torch.manual_seed(int(seed))
-    text = TextOptions(
-        folder=path if path.is_dir() else None,  # a save_pretrained folder: its tokenizer
-        text_field=settings["text_field"].value,
-        label_field=settings["label_field"].value,
-        max_length=settings["max_length"].value,
-    )
-    dataset = load_data(
-        data.value, base=data.base, max_samples=settings["max_samples"].value, text=text
-    )
+    dataset = load_data(data.value, base=data.base, max_samples=settings["max_samples"].value)
     model.eval()
-    loss, output_shape = _probe(model, dataset, settings["loss"])
+    if pretrained is not None:
+        log.info("%s", huggingface.describe(pretrained, path))
+    loss, output_shape = _probe(
+        model, dataset, settings["loss"], settings["output_key"], pretrained
+    )
     return Problem(model, label, raw, report, dataset, loss, output_shape, settings)
+
+
+def _pretrained(
+    folder: Path, settings: dict[str, Sourced]
+) -> tuple[huggingface.Pretrained, RawCheckpoint]:
+    """Build a Hugging Face folder's model (``--model transformers:Class`` picks the class)."""
+    spec = settings["model"].value
+    architecture = None
+    if isinstance(spec, str) and spec.startswith("transformers:"):
+        architecture = spec.partition(":")[2]
+    pretrained = huggingface.build_pretrained(folder, architecture=architecture)
+    raw = huggingface.leave_out_obsolete(pretrained.weights, pretrained.model, pretrained.ignorable)
+    return pretrained, raw
 
 
 def _as_state(raw: RawCheckpoint) -> RawCheckpoint:
