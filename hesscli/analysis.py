@@ -309,9 +309,14 @@ def prepare(request: Request, *, layer_patterns: list[str] | None = None) -> Pre
     one_pass = not group.active and len(problem.dataset.batches) == 1
     one_pass = one_pass and problem.dataset.num_samples <= micro_batch
     found = check_additive(
-        problem.model, problem.dataset.first, problem.loss, kind=kind, one_pass=one_pass
+        problem.model,
+        problem.dataset.first,
+        problem.loss,
+        kind=kind,
+        auto=why.startswith("auto"),
+        one_pass=one_pass,
     )
-    why = f"{why}; {found.note}" if found.note else why
+    kind, why = found.kind, f"{why}; {found.note}" if found.note else why
     local = shard(problem.dataset, group) if group.active else problem.dataset
     weighting, shards = weighting_for(
         local, kind, group, shift=found.shift, single_pass=not found.additive

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hesscli.engine.weighting import TOKENS, count_units
+from hesscli.engine.weighting import SAMPLES, TOKENS, count_units
 from hesscli.errors import LossError
 from hesscli.loading.data import Batch, apply_model
 from hesscli.loading.losses import BUILTIN_LOSSES, Loss
@@ -44,11 +44,13 @@ class Additivity:
     Attributes:
         additive: Whether the loss is the mean over its units (micro-batches may split it).
         shift: Leading target positions per sequence the loss leaves out (may be found here).
+        kind: ``samples`` or ``tokens``: the unit it is a mean over (may be found here).
         note: What was found, for the normalisation reason (empty when nothing to say).
     """
 
     additive: bool
     shift: int
+    kind: str
     note: str = ""
 
 
@@ -149,44 +151,46 @@ def _additive(loss: Loss, outputs: Any, targets: torch.Tensor, kind: str, shift:
 
 
 def check_additive(
-    model: nn.Module, batch: Batch, loss: Loss, *, kind: str, one_pass: bool
+    model: nn.Module, batch: Batch, loss: Loss, *, kind: str, auto: bool, one_pass: bool
 ) -> Additivity:
     """Check that a custom loss is the mean over ``kind`` (module doc); built-ins pass.
+
+    Candidates, first passing one kept: ``kind`` with the loss's shift; for tokens, past each
+    sequence's first position (a next-token loss shifting its labels itself); and when
+    ``--normalisation`` is ``auto`` and guessed tokens, samples (a mean over sequences).
 
     Args:
         model: The model, in eval mode, returning what the loss takes.
         batch: The first batch (its first :data:`PROBE_SAMPLES` samples are used).
         loss: The resolved loss.
         kind: ``samples`` or ``tokens``, as resolved for ``--normalisation``.
+        auto: Whether ``kind`` was guessed (``--normalisation auto``) rather than asked for.
         one_pass: Whether all data is one micro-batch on one process (no weighting at all).
 
     Raises:
         LossError: one line, when the loss is not additive and the data is split.
     """
     if loss.name in BUILTIN_LOSSES:
-        return Additivity(True, loss.shift)
+        return Additivity(True, loss.shift, kind)
     probe = batch.slice(0, min(PROBE_SAMPLES, batch.size))
     if probe.size < 2:
-        return Additivity(True, loss.shift)
+        return Additivity(True, loss.shift, kind)
     with torch.no_grad():
         outputs = _float64(apply_model(model, probe.inputs))
     targets = probe.targets
-    shifts = [loss.shift]
+    candidates = [(kind, loss.shift)]
     if kind == TOKENS and loss.shift == 0 and targets.ndim >= 2:
-        shifts.append(1)  # a next-token loss that shifts its labels itself
+        candidates.append((TOKENS, 1))  # a next-token loss that shifts its labels itself
+    if kind == TOKENS and auto:
+        candidates.append((SAMPLES, 0))  # a mean over sequences of its own choosing
     first = None
-    for shift in shifts:
-        found = _additive(loss, outputs, targets, kind, shift)
+    for unit, shift in candidates:
+        found = _additive(loss, outputs, targets, unit, shift)
         if found is None:
-            return Additivity(True, loss.shift)  # nothing to split: untested
+            return Additivity(True, loss.shift, kind)  # nothing to split: untested
         first = first or found
         if found[0]:
-            note = "" if shift == loss.shift else f"the loss leaves out the first {shift} target"
-            if note:
-                log.info(
-                    "loss %s: %s of each sequence; tokens are counted after it", loss.name, note
-                )
-            return Additivity(True, shift, note)
+            return Additivity(True, shift, unit, _note(loss, unit, shift, kind))
     _, whole, combined, cut = first
     problem = (
         f"loss {loss.name} is not a mean over {kind}: on the first {probe.size} samples it gives "
@@ -199,10 +203,22 @@ def check_additive(
             "on them, but it would change with --micro-batch or more processes",
             problem,
         )
-        return Additivity(False, loss.shift, "not a mean over them: one pass only")
+        return Additivity(False, loss.shift, kind, "not a mean over them: one pass only")
     other = "tokens" if kind != TOKENS else "samples"
     raise LossError(
         f"{problem}, so the results would change with --micro-batch and the processes",
         f"return the mean over the batch's {kind} (or pass --normalisation {other} if it is "
         f"the mean over {other}), or put all samples in one micro-batch",
     )
+
+
+def _note(loss: Loss, unit: str, shift: int, kind: str) -> str:
+    """What the check found beyond the resolved normalisation (empty when nothing)."""
+    if unit != kind:
+        note = f"the loss is a mean over {unit} (checked on the first batch)"
+    elif shift != loss.shift:
+        note = f"the loss leaves out the first {shift} target of each sequence (checked)"
+    else:
+        return ""
+    log.info("loss %s: %s", loss.name, note)
+    return note
