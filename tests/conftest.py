@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -16,6 +17,37 @@ from hesscli.cli.app import app
 REPO = Path(__file__).resolve().parents[1]
 SAMPLES = REPO / "sample_models"
 WIDTH = "120"
+#: Environment variable naming the device of the device tests (``cuda``, ``cuda:1``, ``cpu``).
+DEVICE_VARIABLE = "HESSCLI_TEST_DEVICE"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--device``: where the device-parametrised accuracy tests compute."""
+    parser.addoption(
+        "--device",
+        default=None,
+        help=f"device of the tests marked 'device' (default: ${DEVICE_VARIABLE}, else cpu)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Register the ``device`` marker (``pytest -m device`` selects the accuracy tests)."""
+    config.addinivalue_line(
+        "markers", "device: accuracy on the test device (--device) against float64 CPU truth"
+    )
+
+
+@pytest.fixture(scope="session")
+def test_device(request: pytest.FixtureRequest) -> torch.device:
+    """The device asked for by ``--device`` or ``$HESSCLI_TEST_DEVICE`` (default: the CPU).
+
+    A device that was asked for but is absent fails the tests: it never skips them.
+    """
+    name = request.config.getoption("--device") or os.environ.get(DEVICE_VARIABLE) or "cpu"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        pytest.fail(f"--device {name} was asked for, but CUDA is not available")
+    return device
 
 
 @pytest.fixture

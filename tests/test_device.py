@@ -347,6 +347,7 @@ def test_rademacher_draws_on_the_cpu_whatever_the_target_device() -> None:
     assert set(on_cpu.unique().tolist()) == {-1.0, 1.0}
 
 
+@pytest.mark.device
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_probes_on_cuda_equal_the_cpu_ones() -> None:
     cpu = rademacher(4096, 4, generator=torch.Generator().manual_seed(1), like=torch.empty(0))
