@@ -24,7 +24,6 @@ from tests import hf_tiny, token_weighting_worker
 from tests.conftest import SAMPLES
 from tests.test_token_weighting import one_error_line
 
-pytest.importorskip("transformers")  # the hf extra: installed in CI
 TEXTS = hf_tiny.texts()
 LABELS = ["positive", "negative", "negative", "positive", "positive", "negative", "positive"]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -225,3 +224,15 @@ def test_sample_folders_do_not_depend_on_the_micro_batch(folder):
     assert abs(split["loss"] - one["loss"]) <= 1e-12 * one["loss"]
     scale = one["products"].abs().max()
     assert (split["products"] - one["products"]).abs().max() <= 1e-12 * scale
+
+
+def test_a_pickled_batch_encoding_gets_the_fix(root):
+    tokenizer = load_tokenizer(root / "gpt2", where="test")
+    encoding = tokenizer(TEXTS, padding="longest", return_tensors="pt")
+    torch.save(encoding, root / "encoding.pt")  # not a dict: weights_only cannot read it
+    one_error_line(
+        _invoke(root, "info", "gpt2", "--data", "encoding.pt"),
+        r"encoding\.pt is not a readable tensor file .*torch\.save\(dict\(batch\), path\)",
+    )
+    torch.save(dict(encoding), root / "encoding.pt")
+    assert _info(root, "gpt2", "encoding.pt")["settings"]["normalisation"]["units"] == 70

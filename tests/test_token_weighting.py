@@ -31,7 +31,6 @@ from hesscli.errors import LossError
 from hesscli.loading.data import Batch
 from tests import hf_tiny, token_weighting_worker
 
-pytest.importorskip("transformers")  # the hf extra: installed in CI (pyproject's test extra)
 F64 = torch.float64
 TEXTS = hf_tiny.texts()
 pytestmark = pytest.mark.usefixtures("one_thread")

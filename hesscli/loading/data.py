@@ -265,10 +265,13 @@ def _read_tensors(path: Path, options: TextOptions, where: str) -> tuple[Batch, 
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
+        encoding = "BatchEncoding" in str(exc)  # a tokenizer's output, pickled as itself
         raise DataError(
             f"{where} is not a readable tensor file ({type(exc).__name__}: "
             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})",
-            "save it with torch.save({'inputs': x, 'targets': y}) (tensors only)",
+            "save the tokenizer's output as a plain dict: torch.save(dict(batch), path)"
+            if encoding
+            else "save it with torch.save({'inputs': x, 'targets': y}) (tensors only)",
         ) from exc
     return _from_object(obj, where=where, options=options), "pt"
 
