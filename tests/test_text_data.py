@@ -12,6 +12,7 @@ import json
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -22,6 +23,7 @@ from hesscli.errors import DataError
 from hesscli.loading.text import load_tokenizer
 from tests import hf_tiny, token_weighting_worker
 from tests.conftest import SAMPLES
+from tests.test_schemas import load_schema
 from tests.test_token_weighting import one_error_line
 
 TEXTS = hf_tiny.texts()
@@ -81,6 +83,8 @@ def test_causal_lm_formats_give_the_text_numbers(root, from_text, data):
 def test_text_is_tokenised_with_the_folders_tokenizer(root):
     document = _info(root, "gpt2", "data.jsonl")
     data = document["results"]["data"]
+    schema = load_schema("info")["properties"]["results"]["properties"]["data"]
+    jsonschema.validate(data, schema)  # the formats are part of the JSON contract
     assert data["format"] == "jsonl"
     shapes = {tensor["name"]: tensor["shape"] for tensor in data["inputs"]}
     assert shapes == {"inputs['input_ids']": [7, 24], "inputs['attention_mask']": [7, 24]}
