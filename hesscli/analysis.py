@@ -334,7 +334,7 @@ def prepare(request: Request, *, layer_patterns: list[str] | None = None) -> Pre
         )
     return Prepared(
         problem,
-        settings,
+        problem.settings,  # with the loss's source when a model family chose it
         config,
         layers,
         device,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -65,7 +64,6 @@ _MAPPINGS = {
     TOKEN_CLASSIFICATION: "MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES",
 }
 
-log = logging.getLogger("hesscli")
 
 
 @dataclass(frozen=True)
@@ -297,15 +295,6 @@ def leave_out_obsolete(
     kept = {k: v for k, v in weights.tensors.items() if k not in set(dropped)}
     return RawCheckpoint(
         weights.path, weights.format, weights.size_bytes, kept, ignored=weights.ignored + dropped
-    )
-
-
-def describe(pretrained: Pretrained, folder: Path) -> str:
-    """One line for the log: what was built, from where, and how attention runs."""
-    family = pretrained.family or "no task head hesscli knows"
-    return (
-        f"built {pretrained.label} from {folder / CONFIG} ({family}); eval mode, dropout off; "
-        f"weights from {pretrained.weights.format}"
     )
 
 

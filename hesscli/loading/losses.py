@@ -179,10 +179,13 @@ def check_fit(loss: Loss, outputs: object, targets: torch.Tensor) -> None:
     Raises:
         LossError: naming the shapes or values that do not fit, and the fix.
     """
+    if loss.name not in BUILTIN_LOSSES:  # a module:function loss takes what the model returns
+        _check_custom(loss, outputs, targets)
+        return
     if not isinstance(outputs, torch.Tensor):
         raise LossError(
             f"the model returns a {type(outputs).__name__}, not a tensor of outputs",
-            "wrap the model so forward() returns the tensor the loss takes (e.g. the logits)",
+            "pass --output-key with the output the loss takes (e.g. logits)",
         )
     name = loss.name
     out, tgt = _shape(outputs), _shape(targets)
@@ -207,8 +210,6 @@ def check_fit(loss: Loss, outputs: object, targets: torch.Tensor) -> None:
                 f"[{float(targets.min()):g}, {float(targets.max()):g}]",
                 "store probabilities or 0/1 labels as targets",
             )
-    else:
-        _check_custom(loss, outputs, targets)
 
 
 def _check_classification(name: str, outputs: torch.Tensor, targets: torch.Tensor) -> None:
@@ -261,12 +262,15 @@ def _check_label_range(name: str, targets: torch.Tensor, classes: int) -> None:
         )
 
 
-def _check_custom(loss: Loss, outputs: torch.Tensor, targets: torch.Tensor) -> None:
+def _check_custom(loss: Loss, outputs: object, targets: torch.Tensor) -> None:
     try:
         value = loss.fn(outputs, targets)
     except Exception as exc:
+        described = (
+            str(_shape(outputs)) if isinstance(outputs, torch.Tensor) else type(outputs).__name__
+        )
         raise LossError(
-            f"loss {loss.name} failed on outputs {_shape(outputs)} and targets "
+            f"loss {loss.name} failed on outputs {described} and targets "
             f"{_shape(targets)}: {type(exc).__name__}: {exc}",
             "make the loss accept (outputs, targets) and return the batch mean",
         ) from exc

@@ -6,7 +6,6 @@ the data set and the loss, checked against each other with one cheap forward pas
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,7 +70,8 @@ DEFAULTS: dict[str, Any] = {
     "strict": True,
     "checkpoint_prefix": None,
 }
-log = logging.getLogger("hesscli")
+#: Source of a loss that is a Hugging Face model family's default (``settings.sources``).
+MODEL_FAMILY = "model family"
 #: Samples run through the model to check that data, model and loss fit together.
 _PROBE_SAMPLES = 8
 
@@ -170,11 +170,15 @@ def _probe(
     loss_setting: Sourced,
     output_key: Sourced,
     pretrained: huggingface.Pretrained | None,
-) -> tuple[Loss, tuple]:
+) -> tuple[Loss, tuple, outputs.Selection | None]:
     """Run a few samples through the model in eval mode to check data, model and loss fit.
 
     Also resolves the loss (the model family's by default for a Hugging Face folder) and
     which of the model's outputs it sees (:mod:`hesscli.loading.outputs`).
+
+    Returns:
+        The loss, the shape of the outputs it sees (empty when a ``module:function`` loss
+        takes a whole dict or tuple), and the output selected for it, if one was.
     """
     first = dataset.first.slice(0, _PROBE_SAMPLES)
     shapes = ", ".join(f"{name} {tuple(t.shape)}" for name, t in input_tensors(first.inputs))
@@ -207,12 +211,13 @@ def _probe(
             selection = outputs.Selection(selection.key, squeeze_last=True)
         produced = selection.pick(produced)
         outputs.install(model, selection)
-        log.info("the loss sees the model's output %s", selection.describe())
     check_fit(loss, produced, first.targets)
+    if not isinstance(produced, torch.Tensor):  # a module:function loss takes the whole output
+        return loss, (), selection
     if produced.ndim >= 2:
         for batch in dataset.batches:
             check_class_range(loss, batch.targets, tuple(produced.shape))
-    return loss, tuple(produced.shape)
+    return loss, tuple(produced.shape), selection
 
 
 def _builtin(loss: Loss) -> bool:
@@ -272,11 +277,13 @@ def load_problem(settings: dict[str, Sourced], *, trust_pickle: bool = False) ->
         torch.manual_seed(int(seed))
     dataset = load_data(data.value, base=data.base, max_samples=settings["max_samples"].value)
     model.eval()
-    if pretrained is not None:
-        log.info("%s", huggingface.describe(pretrained, path))
-    loss, output_shape = _probe(
+    loss, output_shape, selection = _probe(
         model, dataset, settings["loss"], settings["output_key"], pretrained
     )
+    if selection is not None:  # the model now returns that output: say so wherever it is named
+        label = f"{label} → {selection.describe()}"
+    if pretrained is not None and settings["loss"].value is None:  # the family's default loss
+        settings = {**settings, "loss": Sourced(loss.name, MODEL_FAMILY, path)}
     return Problem(model, label, raw, report, dataset, loss, output_shape, settings)
 
 

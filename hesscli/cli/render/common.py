@@ -21,6 +21,7 @@ LOSS_SOURCES = {
     "option": "given with --loss",
     "checkpoint metadata": "from the checkpoint's metadata",
     "default": "inferred from the targets",
+    "model family": "the model family's loss",
 }
 
 

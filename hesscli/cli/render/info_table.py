@@ -71,6 +71,8 @@ def _checkpoint(report: Report) -> FitTable:
         ("format", f"{info.format}, {decimal(info.size_bytes)}, {info.tensors} tensors"),
         ("keys", match),
     ]
+    if info.format.startswith("huggingface"):  # built from its config.json: say what was built
+        rows.append(("built", report.inputs.model))
     if info.container:
         rows.append(("nested under", repr(info.container)))
     if info.prefix:
