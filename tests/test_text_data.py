@@ -240,3 +240,15 @@ def test_a_pickled_batch_encoding_gets_the_fix(root):
     )
     torch.save(dict(encoding), root / "encoding.pt")
     assert _info(root, "gpt2", "encoding.pt")["settings"]["normalisation"]["units"] == 70
+
+
+def test_max_length_from_a_config_must_be_positive(root):
+    (root / "hesscli.toml").write_text("max_length = 0\n", encoding="utf-8")
+    try:
+        result = CliRunner().invoke(
+            app, ["info", str(root / "gpt2"), "--data", str(root / "data.jsonl"),
+                  "--config", str(root / "hesscli.toml")],
+        )  # fmt: skip
+    finally:
+        (root / "hesscli.toml").unlink()
+    one_error_line(result, r"max_length must be at least 1, got 0")

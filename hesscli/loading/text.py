@@ -218,6 +218,8 @@ def load_tokenizer(folder: Path | None, *, where: str) -> Any:
 
 def _max_length(tokenizer: Any, options: TextOptions) -> int | None:
     if options.max_length is not None:
+        if int(options.max_length) < 1:
+            raise DataError(f"max_length must be at least 1, got {options.max_length}", "fix it")
         return int(options.max_length)
     limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(limit, int) and 0 < limit < 10**9:  # transformers' "no limit" is 1e30
