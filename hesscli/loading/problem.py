@@ -44,6 +44,7 @@ from hesscli.loading.losses import (
     resolve_loss,
 )
 from hesscli.loading.model_spec import build_model, parse_model_kwargs
+from hesscli.loading.text import TextOptions
 
 #: Built-in defaults for every setting.
 DEFAULTS: dict[str, Any] = {
@@ -275,7 +276,15 @@ def load_problem(settings: dict[str, Sourced], *, trust_pickle: bool = False) ->
             name = "--seed" if settings["seed"].source == "option" else "seed"
             raise ConfigError(f"{name} {seed} is out of range", "use one in [0, 2**63 - 1]")
         torch.manual_seed(int(seed))
-    dataset = load_data(data.value, base=data.base, max_samples=settings["max_samples"].value)
+    text = TextOptions(
+        folder=path if path.is_dir() else None,  # a save_pretrained folder: its tokenizer
+        text_field=settings["text_field"].value,
+        label_field=settings["label_field"].value,
+        max_length=settings["max_length"].value,
+    )
+    dataset = load_data(
+        data.value, base=data.base, max_samples=settings["max_samples"].value, text=text
+    )
     model.eval()
     loss, output_shape, selection = _probe(
         model, dataset, settings["loss"], settings["output_key"], pretrained
