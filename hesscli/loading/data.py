@@ -4,8 +4,8 @@ A data set is held in memory as a tuple of batches, so every pass over it sees e
 samples in the same order (curvature estimates need a fixed loss). Inputs may be one tensor, a
 tuple of tensors (passed positionally) or a dict of tensors (passed as keyword arguments). A
 Hugging Face batch dict (``input_ids``, ``attention_mask``, ``labels``, ...) gives its entries
-but ``labels`` as keyword inputs and ``labels`` as targets; text (JSONL, CSV) and dataset
-folders are read by :mod:`hesscli.loading.text`.
+but ``labels`` as keyword inputs and ``labels`` as targets; text (JSONL, CSV) is read by
+:mod:`hesscli.loading.text`, dataset folders by :mod:`hesscli.loading.saved_dataset`.
 """
 
 from __future__ import annotations
@@ -22,15 +22,14 @@ import torch
 from hesscli.errors import DataError
 from hesscli.loading.guard import refuse_special_file
 from hesscli.loading.imports import absolute_path, looks_like_spec, parse_spec, resolve_object
+from hesscli.loading.saved_dataset import is_saved_dataset, read_saved_dataset
 from hesscli.loading.text import (
     TEXT_SUFFIXES,
     TextOptions,
     encode_records,
     hf_batch,
-    is_saved_dataset,
     looks_like_hf_batch,
     read_records,
-    read_saved_dataset,
 )
 
 INPUT_KEYS = ("inputs", "x", "input", "X", "features")

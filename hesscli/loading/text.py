@@ -1,4 +1,4 @@
-"""Data as Hugging Face users have it: batch dicts, JSONL/CSV text, ``save_to_disk`` folders.
+"""Data as Hugging Face users have it: batch dicts and JSONL/CSV text.
 
 Text is tokenised with the checkpoint folder's own tokenizer, all texts at once: padded to the
 longest (on the right, so that real tokens keep their positions), truncated at the tokenizer's
@@ -11,8 +11,8 @@ from the folder's ``config.json``:
 - any other model takes one label per text from ``--label-field``: an integer class id, a
   class name from ``config.label2id``, a float (regression), or a list (multi-label).
 
-This module builds plain tensors and imports transformers and datasets only when they are
-needed (they are the optional extra ``hesscli[hf]``).
+This module builds plain tensors and imports transformers only when it is needed (the optional
+extra ``hesscli[hf]``); ``save_to_disk`` folders are read by :mod:`hesscli.loading.saved_dataset`.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ TEXT_SUFFIXES = (".jsonl", ".json", ".csv")
 #: Files one of which a folder's tokenizer needs (transformers builds an empty one otherwise).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")
 TOKENIZER_FILES += ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
-#: What tokenised columns are padded with (``input_ids``: the pad token id, else 0).
-_PAD_VALUES = {"attention_mask": 0, "token_type_ids": 0, "position_ids": 0, "labels": IGNORE_INDEX}
 _CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
 _TOKEN_LABEL_SUFFIXES = ("ForMaskedLM", "ForTokenClassification", "ForPreTraining")
 _EXTRA = "install the Hugging Face extra: pip install 'hesscli[hf]'"
@@ -102,14 +100,6 @@ class TextOptions:
         return is_causal_lm(self.config)
 
 
-def is_saved_dataset(path: Path) -> bool:
-    """Whether ``path`` is a folder written by ``datasets``' ``save_to_disk``."""
-    return path.is_dir() and (
-        (path / "dataset_dict.json").is_file()
-        or ((path / "state.json").is_file() and (path / "dataset_info.json").is_file())
-    )
-
-
 def looks_like_hf_batch(mapping: Mapping[str, Any]) -> bool:
     """Whether a dict of tensors is a tokenised Hugging Face batch (it has ``input_ids``)."""
     return "input_ids" in mapping or "inputs_embeds" in mapping
@@ -126,8 +116,10 @@ def hf_batch(
     inputs = {key: value for key, value in mapping.items() if key != "labels"}
     if "labels" in mapping:
         return inputs, mapping["labels"]
-    if options.causal and isinstance(mapping.get("input_ids"), torch.Tensor):
-        return inputs, causal_labels(mapping["input_ids"], mapping.get("attention_mask"))
+    if options.causal and "input_ids" in mapping:  # tensors, or numpy arrays from a .npz
+        mask = mapping.get("attention_mask")
+        mask = None if mask is None else torch.as_tensor(mask)
+        return inputs, causal_labels(torch.as_tensor(mapping["input_ids"]), mask)
     keys = ", ".join(map(str, mapping))
     raise DataError(
         f"{where} is a Hugging Face batch without 'labels' (keys: {keys})",
@@ -333,64 +325,3 @@ def _label_lists(values: Sequence[Any], *, where: str) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.get_default_dtype())
     except (TypeError, ValueError) as exc:
         raise DataError(f"{where}: label lists hold non-numbers", "store 0/1 per class") from exc
-
-
-# -- save_to_disk folders ---------------------------------------------------------------------
-def read_saved_dataset(
-    path: Path, *, options: TextOptions, max_samples: int | None
-) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
-    """A ``save_to_disk`` folder as (inputs, targets, rows available).
-
-    Tokenised columns (``input_ids`` ...) are padded and used as they are; otherwise the text
-    column is tokenised like a text file.
-    """
-    where = f"dataset folder {path}"
-    try:
-        import datasets
-    except ImportError as exc:
-        raise DataError(
-            f"{where} was saved by datasets, which is not installed", "pip install datasets"
-        ) from exc
-    if (path / "dataset_dict.json").is_file():
-        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
-        raise DataError(
-            f"{where} holds several splits ({', '.join(map(str, splits))})",
-            f"pass one of them, e.g. --data {path / (splits[-1] if splits else 'validation')}",
-        )
-    try:
-        table = datasets.load_from_disk(str(path))
-    except Exception as exc:
-        raise DataError(
-            f"{where} cannot be read ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})",
-            "re-save it with Dataset.save_to_disk",
-        ) from exc
-    available = len(table)
-    rows = table.select(range(min(available, max_samples or available))).to_list()
-    if "input_ids" not in table.column_names:
-        inputs, targets = encode_records(rows, options=options, where=where)
-        return inputs, targets, available
-    inputs = _pad_columns(rows, options=options)
-    if "labels" in inputs:
-        return inputs, inputs.pop("labels"), available
-    if options.causal:
-        return inputs, causal_labels(inputs["input_ids"], inputs.get("attention_mask")), available
-    return inputs, record_labels(rows, options=options, where=where), available
-
-
-def _pad_columns(rows: Sequence[Mapping[str, Any]], *, options: TextOptions) -> dict:
-    """Tokenised columns padded on the right to the longest row (labels with -100)."""
-    pad_id = options.config.get("pad_token_id")
-    columns = [k for k in ("input_ids", *_PAD_VALUES) if rows and isinstance(rows[0].get(k), list)]
-    longest = max(len(row["input_ids"]) for row in rows)
-    padded = {}
-    for key in columns:
-        fill = _PAD_VALUES.get(key, pad_id if isinstance(pad_id, int) else 0)
-        padded[key] = torch.tensor(
-            [list(row[key]) + [fill] * (longest - len(row[key])) for row in rows],
-            dtype=torch.int64,
-        )
-    if "attention_mask" not in padded:
-        padded["attention_mask"] = torch.tensor(
-            [[1] * len(row["input_ids"]) + [0] * (longest - len(row["input_ids"])) for row in rows]
-        )
-    return padded
