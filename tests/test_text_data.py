@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from hesscli.cli.app import app
 from hesscli.errors import DataError
-from hesscli.loading.text import load_tokenizer
+from hesscli.loading.text import TextOptions, encode_records, load_tokenizer
 from tests import hf_tiny, token_weighting_worker
 from tests.conftest import SAMPLES
 from tests.test_schemas import load_schema
@@ -252,3 +252,9 @@ def test_max_length_from_a_config_must_be_positive(root):
     finally:
         (root / "hesscli.toml").unlink()
     one_error_line(result, r"max_length must be at least 1, got 0")
+
+
+def test_text_for_per_token_labels_is_refused(root):
+    options = TextOptions(root / "bert", config={"architectures": ["BertForTokenClassification"]})
+    with pytest.raises(DataError, match=r"takes one label per token.*tokenised batch dict"):
+        encode_records([{"text": "the cat", "label": 1}], options=options, where="data.jsonl")

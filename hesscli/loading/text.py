@@ -27,14 +27,13 @@ from typing import Any
 import torch
 
 from hesscli.errors import DataError
+from hesscli.loading.huggingface import CAUSAL_LM, MASKED_LM, TOKEN_CLASSIFICATION, family_of
 
 IGNORE_INDEX = -100
 TEXT_SUFFIXES = (".jsonl", ".json", ".csv")
 #: Files one of which a folder's tokenizer needs (transformers builds an empty one otherwise).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")
 TOKENIZER_FILES += ("tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
-_CAUSAL_SUFFIXES = ("ForCausalLM", "LMHeadModel")
-_TOKEN_LABEL_SUFFIXES = ("ForMaskedLM", "ForTokenClassification", "ForPreTraining")
 _EXTRA = "install the Hugging Face extra: pip install 'hesscli[hf]'"
 
 
@@ -60,7 +59,7 @@ def is_causal_lm(config: Mapping[str, Any]) -> bool:
     Its loss is next-token cross-entropy: the labels are the tokens themselves, and the first
     position of every sequence is never a target (``Loss.shift`` = 1).
     """
-    return any(name.endswith(_CAUSAL_SUFFIXES) for name in architectures(config))
+    return any(family_of(name) == CAUSAL_LM for name in architectures(config))
 
 
 def causal_labels(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
@@ -238,10 +237,10 @@ def encode_records(
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Tokenise the text field of ``records``; targets from the model family (module doc)."""
     tokenizer = load_tokenizer(options.folder, where=where)
-    family = next(iter(architectures(options.config)), "")
-    if not options.causal and family.endswith(_TOKEN_LABEL_SUFFIXES):
+    architecture = next(iter(architectures(options.config)), "")
+    if family_of(architecture) in (MASKED_LM, TOKEN_CLASSIFICATION):
         raise DataError(
-            f"{where} gives one label per text, but {family} takes one label per token",
+            f"{where} gives one label per text, but {architecture} takes one label per token",
             "save a tokenised batch dict with 'input_ids', 'attention_mask' and 'labels'",
         )
     texts = _field(records, options.text_field or "text", "--text-field", where)
