@@ -262,3 +262,29 @@ def test_a_non_additive_weighting_refuses_any_split():
     assert weighting.weight(batch) == 1.0
     with pytest.raises(LossError, match="cannot be split"):
         weighting.weight(batch.slice(0, 1))
+
+
+def test_the_check_on_a_plain_model_and_a_capped_probe(monkeypatch):
+    from hesscli.loading import additivity
+    from hesscli.loading.losses import Loss
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3).double().eval()
+    batch = Batch(torch.randn(8, 4, dtype=F64), torch.tensor([0, 1, 2, 0, 1, 2, 0, 1]))
+    mean = Loss("my.py:mean", torch.nn.functional.cross_entropy, "option")
+    summed = Loss(
+        "my.py:summed",
+        lambda o, t: torch.nn.functional.cross_entropy(o, t, reduction="sum"),
+        "option",
+    )
+    check = additivity.check_additive
+    assert check(model, batch, mean, kind="samples", auto=True, one_pass=False).additive
+    with pytest.raises(
+        LossError, match=r"my\.py:summed is not a mean over samples: on the first 8"
+    ):
+        check(model, batch, summed, kind="samples", auto=True, one_pass=False)
+    monkeypatch.setattr(additivity, "MAX_ELEMENTS", 9)  # 3 logits a sample: 3 samples kept
+    with pytest.raises(LossError, match=r"on the first 3 samples"):
+        check(model, batch, summed, kind="samples", auto=True, one_pass=False)
+    found = check(model, batch, summed, kind="samples", auto=True, one_pass=True)
+    assert not found.additive and "one pass only" in found.note

@@ -34,6 +34,8 @@ from hesscli.loading.losses import BUILTIN_LOSSES, Loss
 
 #: Samples of the first batch the check runs on (those the loading probe already ran).
 PROBE_SAMPLES = 8
+#: Output elements the check copies to float64 at most (about 128 MiB), unless 2 samples exceed it.
+MAX_ELEMENTS = 2**24
 log = logging.getLogger("hesscli")
 
 
@@ -176,8 +178,16 @@ def check_additive(
     if probe.size < 2:
         return Additivity(True, loss.shift, kind)
     with torch.no_grad():
-        outputs = _float64(apply_model(model, probe.inputs))
-    targets = probe.targets
+        outputs = apply_model(model, probe.inputs)
+    elements: list[int] = []
+    _map(outputs, lambda t: elements.append(t.numel()) or t)
+    keep = max(2, probe.size * MAX_ELEMENTS // max(sum(elements), 1))
+    if keep < probe.size:  # a large vocabulary: fewer samples, so float64 copies stay small
+        try:
+            outputs, probe = _rows(outputs, probe.size, 0, keep), probe.slice(0, keep)
+        except _Unsliceable:
+            return Additivity(True, loss.shift, kind)  # untested, as below
+    outputs, targets = _float64(outputs), probe.targets
     candidates = [(kind, loss.shift)]
     if kind == TOKENS and loss.shift == 0 and targets.ndim >= 2:
         candidates.append((TOKENS, 1))  # a next-token loss that shifts its labels itself
