@@ -65,7 +65,6 @@ _MAPPINGS = {
 }
 
 
-
 @dataclass(frozen=True)
 class Pretrained:
     """A model built from a ``save_pretrained`` folder, with the weights it will be loaded with.
