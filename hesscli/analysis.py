@@ -29,6 +29,7 @@ from hesscli.loading.checkpoint import write_safetensors
 from hesscli.loading.config import SETTING_TYPES, ConfigFile, Sourced, metadata_may_name
 from hesscli.loading.data import Dataset, input_tensors
 from hesscli.loading.guard import refuse_to_overwrite
+from hesscli.loading.huggingface import is_pretrained_folder
 from hesscli.loading.imports import absolute_path, looks_like_spec, parse_spec
 from hesscli.loading.losses import BUILTIN_LOSSES, resolve_normalisation
 from hesscli.loading.model_spec import parse_model_kwargs
@@ -497,6 +498,13 @@ def run_convert(request: Request, *, output: Path) -> Report:
     if output.suffix != ".safetensors":
         raise ConfigError(f"--output {output} must end in .safetensors", "rename the output")
     settings, config = request.settings()
+    folder = Path(settings["checkpoint"].value)
+    if is_pretrained_folder(folder) and settings["model"].value is None:
+        raise ConfigError(
+            f"{folder} is a Hugging Face folder: its config.json already names its model, "
+            "which a .safetensors file cannot",
+            "pass the folder itself as the checkpoint to every command",
+        )
     problem = load_problem(settings, trust_pickle=request.trust_pickle)
     out = absolute_path(output, request.cwd)
     refuse_to_overwrite(out, problem_files(problem, config))

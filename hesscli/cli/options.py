@@ -27,8 +27,9 @@ Checkpoint = Annotated[
     str | None,
     typer.Argument(
         metavar="CHECKPOINT",
-        help="Checkpoint file (.safetensors, .pt, .pth, .bin). Default: 'checkpoint' in the "
-        "project config.",
+        help="Checkpoint file (.safetensors, .pt, .pth, .bin), or a Hugging Face "
+        "save_pretrained folder (its config.json names the model). Default: 'checkpoint' in "
+        "the project config.",
         show_default=False,
     ),
 ]
@@ -66,8 +67,10 @@ Loss = Annotated[
     typer.Option(
         "--loss",
         metavar="NAME|SPEC",
-        help="cross_entropy, mse, nll, bce_with_logits, huber, or module:function. Default: "
-        "inferred from the targets (integer labels: cross_entropy, floats: mse).",
+        help="cross_entropy, mse, nll, bce_with_logits, huber, token_cross_entropy, "
+        "next_token_cross_entropy, or module:function. Default: the model family's for a "
+        "Hugging Face folder, else inferred from the targets (integer labels: cross_entropy, "
+        "floats: mse).",
         rich_help_panel=_INPUT,
     ),
 ]

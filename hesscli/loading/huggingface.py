@@ -277,17 +277,20 @@ def read_folder_weights(folder: Path) -> RawCheckpoint:
 def leave_out_obsolete(
     weights: RawCheckpoint, model: nn.Module, patterns: tuple[str, ...]
 ) -> RawCheckpoint:
-    """Drop checkpoint keys the architecture declares obsolete and the model has no place for.
+    """Drop checkpoint keys the model has no place for, where transformers says they are stale.
 
-    They are named in :attr:`RawCheckpoint.ignored`, so the load line lists them.
+    Two kinds, as transformers' own loader: keys the architecture declares ignorable (old
+    GPT-2 saves' ``attn.bias`` masks), and the model's *non-persistent* buffers saved by an
+    older transformers that kept them (``embeddings.position_ids``: an ``arange`` the model
+    builds itself). They are named in :attr:`RawCheckpoint.ignored`, so the load lists them;
+    any other key the model lacks stays a strict-matching error.
     """
-    if not patterns:
-        return weights
     model_keys = set(model.state_dict())
+    buffers = {name for name, _ in model.named_buffers()} - model_keys
     dropped = tuple(
         key
         for key in weights.tensors
-        if key not in model_keys and any(re.search(p, key) for p in patterns)
+        if key not in model_keys and (key in buffers or any(re.search(p, key) for p in patterns))
     )
     if not dropped:
         return weights
