@@ -197,3 +197,18 @@ def test_info_loss_is_the_hand_written_loss_in_float64(name, cli, data, truths) 
     built = "GPT2LMHeadModel" if name == "gpt2" else "BertForSequenceClassification"
     assert document["inputs"]["model"].startswith(built)
     assert "eager attention" in document["inputs"]["model"]
+
+
+@pytest.mark.parametrize("name", ["hf_bert", "hf_gpt2"])
+def test_samples_match_their_manifest_from_text_with_no_code(name, cli) -> None:
+    manifest = json.loads((SAMPLES / "manifest.json").read_text())[name]
+    folder = SAMPLES / name
+    sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir())}
+    assert sizes == manifest["files"] and sum(sizes.values()) < 1_000_000
+    document = _json(cli("info", str(folder), "--data", str(folder / "data.jsonl"), "--json"))
+    assert document["inputs"]["parameters"] == manifest["parameters"]
+    assert document["inputs"]["samples"] == manifest["eval_samples"]
+    # the loss regenerate.py measured with transformers, in float32
+    assert document["results"]["gradient"]["loss"] == pytest.approx(manifest["eval_loss"], rel=1e-5)
+    if name == "hf_gpt2":
+        assert document["settings"]["normalisation"]["units"] == manifest["eval_tokens"]
