@@ -607,8 +607,12 @@ def test_inf_in_targets(ws: Workspace) -> None:
 
 
 def test_model_returns_tuple(ws: Workspace) -> None:
-    result = ws.info(ws.ckpt_pt, model=f"{ws.model_py}:TupleNet")
-    ws.assert_error(result, r"the model returns a tuple, not a tensor")
+    # A built-in loss sees a tuple's first element (issue 15); another one is named by index.
+    result = ws.info(ws.ckpt_pt, "--json", model=f"{ws.model_py}:TupleNet")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["inputs"]["model"].endswith("TupleNet → [0]")
+    result = ws.info(ws.ckpt_pt, "--output-key", "2", model=f"{ws.model_py}:TupleNet")
+    ws.assert_error(result, r"--output-key 2 does not index the model's 2 outputs")
 
 
 def test_data_inputs_wrong_dtype(ws: Workspace) -> None:

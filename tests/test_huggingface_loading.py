@@ -254,7 +254,7 @@ def test_a_folder_without_config_is_one_line(cli, tmp_path, bert_data) -> None:
     folder.mkdir()
     shutil.copy(BERT / "model.safetensors", folder)
     result = cli("info", str(folder), "--data", str(bert_data), "--no-config")
-    _one_line(result, r"folder without config\.json.*save_pretrained")
+    _one_line(result, r"directory without config\.json.*save_pretrained")
 
 
 def test_a_folder_without_weights_is_one_line(cli, tmp_path, bert_data) -> None:

@@ -315,7 +315,7 @@ def refuse_folder(path: Path) -> None:
         hint = f"pass a file inside it, e.g. {path / inside[0]}"
     else:
         hint = "pass a checkpoint file, or a folder written by model.save_pretrained"
-    raise CheckpointError(f"checkpoint {path} is a folder without {CONFIG}", hint)
+    raise CheckpointError(f"checkpoint {path} is a directory without {CONFIG}", hint)
 
 
 def default_loss(pretrained: Pretrained, targets: torch.Tensor) -> tuple[str, str, bool]:
