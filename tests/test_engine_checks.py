@@ -129,8 +129,11 @@ def test_auto_uses_double_backward_out_of_reach_of_a_wrong_forward_mode_rule(kin
     assert dense.relative(actual, expected) < 1e-10, dense.worst(actual, expected)
     assert op.route.route == REVERSE
     assert "double backward has no forward-mode rules" in op.route.reason
-    assert list(op.route.seconds) == [REVERSE]  # the forward route never ran
-    assert op.counters.check_products > 0
+    assert FORWARD not in op.route.seconds  # the forward route never ran
+    # Judged by the symmetry of its own first columns: no product spent on a check.
+    assert "symmetric to" in op.route.reason
+    assert op.route.symmetry < 1e-10
+    assert op.counters.check_products == 0
 
 
 @pytest.mark.parametrize("kind", ["hessian", "ggn"])
@@ -374,3 +377,25 @@ def test_graph_cache_is_reused_and_bounded():
     cached.release()
     assert len(cached._cache) == 0
     assert dense.relative(cached.matmat(vectors), first) < 1e-14
+
+
+def test_once_differentiable_is_caught_between_single_column_passes():
+    """Lanczos asks one column per pass: the first two columns, from two passes, are judged."""
+    model, data = _setup(_OnceDifferentiable)
+    op = CurvatureOperator(model, data, MSE, micro_batch=5)
+    generator = torch.Generator().manual_seed(1)
+    op.matvec(torch.randn(op.size, generator=generator, dtype=F64))
+    assert "not judged yet" in op.route.reason
+    with pytest.raises(NumericalError, match=r"is not symmetric.*once_differentiable"):
+        op.matvec(torch.randn(op.size, generator=generator, dtype=F64))
+
+
+def test_symmetric_curvature_is_judged_after_two_single_column_passes():
+    model, data = _setup(_NoForward)
+    op = CurvatureOperator(model, data, MSE, micro_batch=5)
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(2):
+        op.matvec(torch.randn(op.size, generator=generator, dtype=F64))
+    assert op.route.symmetry < 1e-10
+    assert "symmetric to" in op.route.reason
+    assert op.counters.check_products == 0

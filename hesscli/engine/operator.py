@@ -57,12 +57,17 @@ from hesscli.engine.products import Apply, LossFn, MicroBatchLoss
 from hesscli.engine.routes import (
     FORWARD,
     METHODS,
+    MISSING_RULE,
     REVERSE,
     RouteReport,
+    WatchAttention,
     build,
     check_slice,
+    judged_reverse,
     select_route,
+    self_checked_reverse,
 )
+from hesscli.engine.symmetry import FirstColumns, asymmetry_error, too_large
 from hesscli.engine.weighting import Weighting
 from hesscli.errors import ConfigError, DifferentiationError, MemoryLimitError, NumericalError
 from hesscli.loading.data import Dataset
@@ -193,6 +198,8 @@ class CurvatureOperator:
         self.graph_bytes = 0
         self._cache: dict[int, Apply] = {}
         self._checked = False
+        self._symmetry: FirstColumns | None = None  # the default route's pending check
+        self._proven = False  # whether a product of the chosen route has run
         #: Called as ``progress(done, total)`` after each micro-batch of a pass.
         self.progress: Callable[[int, int], None] | None = None
 
@@ -328,6 +335,8 @@ class CurvatureOperator:
                     self._shrink(exc)
         for total in totals:
             self.group.sum_(total)
+        if self._symmetry is not None and not self._symmetry.done:
+            self._judge_symmetry(requests, totals)
         if self.device.type == "cpu":
             trim_heap()
         self.counters.data_passes += 1
@@ -492,11 +501,78 @@ class CurvatureOperator:
             return cached
         mb = self._micro_batch_loss(part)
         self._check_once(mb)
+        if self.route is None and self._self_checking():
+            return self._first_reverse(index, mb)
         if self.route is None:
             self.route = self._choose_route(mb)
         apply, graph_bytes = build(self.kind, self.route.route, mb, chunk_size=self.chunk_size)
         self._maybe_cache(index, apply, graph_bytes)
         return apply
+
+    def _self_checking(self) -> bool:
+        """Whether double backward is checked by its own first products, not on a slice.
+
+        The default (and forced reverse) route on one process: a separate check on a slice of
+        the first micro-batch would cost a graph and two products of its own. With several
+        ranks every rank must agree on the route first, so they keep the slice check.
+        """
+        return self.verify and METHODS[self.method] in (None, REVERSE) and not self.group.active
+
+    def _first_reverse(self, index: int, mb: MicroBatchLoss) -> Apply:
+        """Double backward on the whole first micro-batch, falling back where it cannot run.
+
+        A missing double-backward rule shows when the graph is built or at the first product;
+        either way the full route check on a slice then chooses another route. Afterwards the
+        first two columns computed are judged for symmetry (:meth:`_judge_symmetry`).
+        """
+        try:
+            with WatchAttention() as watch:
+                apply, graph_bytes = build(self.kind, REVERSE, mb, chunk_size=self.chunk_size)
+        except MISSING_RULE as exc:
+            if is_out_of_memory(exc):
+                raise
+            return self._fall_back(index, mb)
+        self.route = self_checked_reverse(self.method, watch.attention)
+        self._symmetry = FirstColumns()
+
+        def first_use(block: Params) -> Params:
+            if self._proven:
+                return apply(block)
+            try:
+                product = apply(block)
+            except MISSING_RULE as exc:
+                if is_out_of_memory(exc):
+                    raise
+                self.release()
+                return self._fall_back(index, mb)(block)
+            self._proven = True
+            return product
+
+        self._maybe_cache(index, first_use, graph_bytes)
+        return first_use
+
+    def _fall_back(self, index: int, mb: MicroBatchLoss) -> Apply:
+        """The route the full check on a slice chooses, built on micro-batch ``index``."""
+        self._symmetry = None
+        self.route = self._choose_route(mb)
+        apply, graph_bytes = build(self.kind, self.route.route, mb, chunk_size=self.chunk_size)
+        self._maybe_cache(index, apply, graph_bytes)
+        return apply
+
+    def _judge_symmetry(
+        self, requests: list[tuple[Block | None, torch.Tensor]], totals: list[torch.Tensor]
+    ) -> None:
+        """Feed a pass's columns to the pending symmetry check; refuse an asymmetric result."""
+        assert self._symmetry is not None
+        assert self.route is not None
+        for (block, columns), total in zip(requests, totals, strict=True):
+            self._symmetry.feed(block, columns, total)
+        defect = self._symmetry.judge()
+        if defect is None:
+            return
+        if too_large(defect, self.dtype):
+            raise asymmetry_error(self.kind, REVERSE, defect, "between the first two columns")
+        self.route = judged_reverse(self.route, defect)
 
     def _choose_route(self, mb: MicroBatchLoss) -> RouteReport:
         """The route by rule, checked on a slice of the first micro-batch; rank 0's for all."""

@@ -22,7 +22,7 @@ reported, so no number is silently wrong.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch.nn.functional import scaled_dot_product_attention
@@ -42,6 +42,12 @@ from hesscli.engine.products import (
     hessian_forward,
     hessian_reverse,
 )
+from hesscli.engine.symmetry import (
+    agreement_tolerance,
+    asymmetry_error,
+    symmetry_defect,
+    too_large,
+)
 from hesscli.errors import DifferentiationError, NumericalError
 
 FORWARD = "forward-over-reverse"
@@ -49,6 +55,8 @@ REVERSE = "reverse-over-reverse"
 FINITE = "finite-differences"
 #: User-facing names of ``--hvp-method`` and the route each one forces.
 METHODS = {"auto": None, "forward": FORWARD, "reverse": REVERSE, "fd": FINITE}
+#: What a route raises when an operator has no rule for it (out of memory excepted).
+MISSING_RULE = (RuntimeError, NotImplementedError, TypeError, ValueError)
 #: What the attention report says when the model calls scaled_dot_product_attention.
 MATH_ATTENTION = (
     "scaled_dot_product_attention runs on its math kernel: the fused kernels (flash, "
@@ -109,11 +117,6 @@ def build(
     return apply, saved.total
 
 
-def agreement_tolerance(dtype: torch.dtype) -> float:
-    """Relative difference two exact routes may show from round-off alone: √ε."""
-    return float(torch.finfo(dtype).eps) ** 0.5
-
-
 def relative_difference(a: Params, b: Params) -> tuple[float, str]:
     """Worst per-parameter ‖a−b‖/(‖b‖ + √ε‖b‖_all), and the parameter where it occurs.
 
@@ -130,28 +133,6 @@ def relative_difference(a: Params, b: Params) -> tuple[float, str]:
         if value > worst or not where:
             worst, where = value, name
     return worst, where
-
-
-def symmetry_defect(block: Params, product: Params) -> float:
-    """|uᵀ(Cv) − vᵀ(Cu)| relative to ‖C‖, from two random columns u, v and their products.
-
-    Exact curvature is symmetric, whatever the model (ReLU kinks included), so this catches
-    what agreement between the routes cannot: both routes wrong together, as when a custom
-    ``autograd.Function`` backward is ``once_differentiable`` and torch silently drops its
-    second derivative. Dot products are taken in float64; for random u, v the value is about
-    ‖C − Cᵀ‖_F/‖C‖_F.
-    """
-
-    def dot(x: dict[str, torch.Tensor], i: int, y: dict[str, torch.Tensor], j: int) -> float:
-        # Products in the working dtype, sums in float64: no parameter-length float64 copies.
-        return sum(float(torch.sum(x[n][i] * y[n][j], dtype=torch.float64)) for n in x)
-
-    u_norm, v_norm = dot(block, 0, block, 0) ** 0.5, dot(block, 1, block, 1) ** 0.5
-    size = sum(t[0].numel() for t in block.values())
-    rms = (u_norm * v_norm / size) ** 0.5
-    scale = (dot(product, 0, product, 0) + dot(product, 1, product, 1)) ** 0.5 * rms
-    gap = abs(dot(block, 0, product, 1) - dot(block, 1, product, 0))
-    return gap / scale if scale > 0 else 0.0
 
 
 #: Samples of the first micro-batch that the route check runs on.
@@ -174,7 +155,7 @@ def _attempt(kind: str, route: str, mb: MicroBatchLoss, probe: Params) -> _Attem
     try:  # one column per vmap call: the check must not need more memory than the products
         apply, _ = build(kind, route, mb, chunk_size=1)
         product = apply(probe)
-    except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
+    except MISSING_RULE as exc:
         if is_out_of_memory(exc):  # the operator retries smaller; not a missing rule
             raise
         return _Attempt(route, error=_first_line(exc))
@@ -240,14 +221,46 @@ def select_route(
             )
             return _finite_route(kind, requested, sliced, probe, failures, attention)
         return _forward_fallback(kind, requested, sliced, probe, forward, reverse, attention)
-    reason = (
-        "as requested"
-        if forced == REVERSE
-        else "the default route: double backward has no forward-mode rules to get wrong"
-    )
     return _report(
-        kind, reverse, requested, reason + _checked_on(sliced), probe, attention, 1, {}, None
+        kind,
+        reverse,
+        requested,
+        _reverse_reason(requested) + _checked_on(sliced),
+        probe,
+        attention,
+        1,
+        {},
+        None,
     )
+
+
+def _reverse_reason(requested: str) -> str:
+    if METHODS[requested] == REVERSE:
+        return "as requested"
+    return "the default route: double backward has no forward-mode rules to get wrong"
+
+
+def self_checked_reverse(requested: str, attention: bool) -> RouteReport:
+    """Double backward on the whole first micro-batch, to be judged by its own products.
+
+    The operator feeds its first columns to :class:`~.symmetry.FirstColumns` and then
+    replaces this report by :func:`judged_reverse`'s; until then the reason says so.
+    """
+    return RouteReport(
+        REVERSE,
+        requested,
+        _reverse_reason(requested) + "; symmetry not judged yet (no two columns computed)",
+        attention=MATH_ATTENTION if attention else "",
+    )
+
+
+def judged_reverse(report: RouteReport, defect: float) -> RouteReport:
+    """``report`` once the first two columns computed passed the symmetry check."""
+    reason = (
+        f"{_reverse_reason(report.requested)}; symmetric to {defect:.1e} on the first two "
+        "columns computed (no extra product)"
+    )
+    return replace(report, reason=reason, symmetry=defect)
 
 
 def _checked_on(mb: MicroBatchLoss) -> str:
@@ -269,14 +282,8 @@ def _report(
     assert chosen.product is not None
     # NaN/Inf curvature is not judged here: the operator says where the products blow up.
     symmetry = symmetry_defect(probe, chosen.product) if _finite(chosen.product) else 0.0
-    if symmetry > 10 * agreement_tolerance(_dtype(probe)):
-        raise NumericalError(
-            f"the {kind} that {chosen.route} computes is not symmetric (defect {symmetry:.1e}"
-            " on the first micro-batch), so torch drops part of the second derivatives: some "
-            "operator's backward is not differentiable (e.g. a custom autograd.Function "
-            "marked @once_differentiable)",
-            "make that backward differentiable, or compute with plain PyTorch operations",
-        )
+    if too_large(symmetry, _dtype(probe)):
+        raise asymmetry_error(kind, chosen.route, symmetry, "on the first micro-batch")
     return RouteReport(
         chosen.route,
         requested,
@@ -399,7 +406,7 @@ def _finite_route(
         product = apply(probe)
         column = _first_column(probe)
         coarse = (hessian_fd if kind == "hessian" else ggn_fd)(mb, column, scale=2.0)
-    except (RuntimeError, NotImplementedError, TypeError, ValueError) as exc:
+    except MISSING_RULE as exc:
         if is_out_of_memory(exc):
             raise
         raise DifferentiationError(
@@ -410,7 +417,7 @@ def _finite_route(
         ) from exc
     error = _overall_gap(coarse, _first_column(product))
     symmetry = symmetry_defect(probe, product)
-    if symmetry > 10 * max(agreement_tolerance(_dtype(probe)), error):
+    if too_large(symmetry, _dtype(probe), error):
         raise NumericalError(
             f"the finite-difference {kind} is not symmetric (defect {symmetry:.1e}, estimated "
             f"error {error:.1e}): the loss is not smooth enough at these weights",
@@ -445,7 +452,7 @@ def _overall_gap(a: Params, b: Params) -> float:
     return gap / scale if scale > 0 else 0.0
 
 
-class _Watch(TorchFunctionMode):
+class WatchAttention(TorchFunctionMode):
     """Records whether a forward pass calls ``scaled_dot_product_attention``."""
 
     def __init__(self) -> None:
@@ -462,7 +469,7 @@ class _Watch(TorchFunctionMode):
 
 def uses_attention(mb: MicroBatchLoss) -> bool:
     """Whether the model's forward pass calls ``scaled_dot_product_attention`` (one forward)."""
-    with torch.no_grad(), _Watch() as watch:
+    with torch.no_grad(), WatchAttention() as watch:
         mb.loss(mb.variables)
     return watch.attention
 
