@@ -425,10 +425,13 @@ def begin(
     """
     cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     chosen = torch.device("cuda" if cuda else "cpu")
+    # Every tool in true float32 (TF32 off, as hesscli computes by default), for the whole run.
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cudnn.allow_tf32 = False
     console = Console(width=None if Console().is_terminal else width)
     versions = {p: version(p) for p in packages}
     console.print(
-        f"device {chosen}, {torch.get_num_threads()} torch threads, float32; "
+        f"device {chosen}, {torch.get_num_threads()} torch threads, float32 (TF32 off); "
         + ", ".join(f"{k} {v}" for k, v in versions.items())
     )
     return chosen, console, versions
