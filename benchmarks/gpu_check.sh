@@ -52,10 +52,11 @@ else
     TRACE=()
     REPORT=()
 fi
-export PYTHONUNBUFFERED=1 HESSCLI_TEST_DEVICE="$DEVICE"
+export PYTHONUNBUFFERED=1 HESSCLI_TEST_DEVICE="$DEVICE" PY ROOT OUT DEVICE
 printf "step\trc\tseconds\tlimit\n" >"$OUT/steps.tsv"
 
 # step NAME LIMIT COMMAND...: run with stdout+stderr in NAME.log, within the overall deadline.
+# COMMAND may be a function of this script (run by a child bash, since timeout needs a program).
 step() {
     local name=$1 limit=$2 left
     shift 2
@@ -69,7 +70,12 @@ step() {
     echo "== $name (limit ${limit}s)"
     local t0 rc
     t0=$(date +%s)
-    timeout --kill-after=5 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    if declare -F "$1" >/dev/null; then
+        timeout --kill-after=5 "$limit" bash -c "$(declare -f "$1"); \"\$@\"" _ "$@" \
+            >"$OUT/$name.log" 2>&1
+    else
+        timeout --kill-after=5 "$limit" "$@" >"$OUT/$name.log" 2>&1
+    fi
     rc=$?
     printf "%s\t%s\t%s\t%s\n" "$name" "$rc" "$(($(date +%s) - t0))" "$limit" >>"$OUT/steps.tsv"
     echo "   rc $rc in $(($(date +%s) - t0))s; tail of $name.log:"
@@ -80,8 +86,7 @@ step() {
 cli() {
     local name=$1
     shift
-    (cd "$OUT/bert" && "$PY" -m hesscli "$@" "${CLI[@]}" --device "$DEVICE" --json \
-        --output "$OUT/$name.json")
+    cd "$OUT/bert" && "$PY" -m hesscli "$@" --device "$DEVICE" --json --output "$OUT/$name.json"
 }
 
 install() {
@@ -123,9 +128,9 @@ step device_tests 150 "$PY" -m pytest -q -p no:cacheprovider --junitxml "$OUT/de
 step bench 180 "$PY" benchmarks/gpu_bench.py --device "$DEVICE" --out "$OUT" "${SMALL[@]}"
 step make_bert 60 "$PY" benchmarks/gpu_bench.py make-bert "$OUT/bert" "${SMALL[@]}"
 step cli_spectrum 60 cli cli_spectrum spectrum model.safetensors --top-k 3 --bottom-k 1 \
-    "${SPECTRUM[@]}"
-step cli_trace 60 cli cli_trace trace model.safetensors "${TRACE[@]}"
-step cli_report 120 cli cli_report report model.safetensors "${REPORT[@]}"
+    "${CLI[@]}" "${SPECTRUM[@]}"
+step cli_trace 60 cli cli_trace trace model.safetensors "${CLI[@]}" "${TRACE[@]}"
+step cli_report 120 cli cli_report report model.safetensors "${CLI[@]}" "${REPORT[@]}"
 
 TOTAL=$(($(date +%s) - START))
 echo "total ${TOTAL}s" | tee "$OUT/total.txt"
