@@ -52,6 +52,8 @@ else
     TRACE=()
     REPORT=()
 fi
+# The checkout on the path too: the steps still find hesscli if the editable install fails.
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 HESSCLI_TEST_DEVICE="$DEVICE" PY ROOT OUT DEVICE
 printf "step\trc\tseconds\tlimit\n" >"$OUT/steps.tsv"
 
