@@ -16,8 +16,6 @@ actual out-of-memory error by halving c, then b.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import logging
 import os
 import re
@@ -25,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from hesscli.engine.heap import trim_heap
 from hesscli.engine.products import MicroBatchLoss
 from hesscli.errors import ConfigError, MemoryLimitError
 
@@ -135,28 +134,6 @@ def release_cached(device: torch.device) -> None:
         torch.cuda.empty_cache()
     else:
         trim_heap()
-
-
-@functools.cache
-def _libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.malloc_trim  # noqa: B018 - glibc only
-    except (OSError, AttributeError):
-        return None
-    return libc
-
-
-def trim_heap() -> None:
-    """Hand the C heap's free pages back to the system (glibc ``malloc_trim``; else nothing).
-
-    The backward passes allocate many activation-sized tensors on autograd's own thread;
-    glibc keeps what they free in its arenas, so without this the resident memory of a long
-    run creeps far above what is alive. Called after every data pass on the CPU.
-    """
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
 
 
 def free_bytes(device: torch.device) -> int:

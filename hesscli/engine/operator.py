@@ -23,6 +23,7 @@ the seed 3→4→5 network (the loss is the mean over all samples, whatever the 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -40,6 +41,7 @@ from hesscli.engine.functional import (
     micro_batches,
     to_device,
 )
+from hesscli.engine.heap import HeapTrimmer, keep_freed_memory
 from hesscli.engine.layout import Block, Layout
 from hesscli.engine.memory import (
     MemoryPlan,
@@ -49,7 +51,6 @@ from hesscli.engine.memory import (
     plan_memory,
     release_cached,
     total_bytes,
-    trim_heap,
 )
 from hesscli.engine.params import list_layers
 from hesscli.engine.precision import float32_precision
@@ -200,6 +201,9 @@ class CurvatureOperator:
         self._checked = False
         self._symmetry: FirstColumns | None = None  # the default route's pending check
         self._proven = False  # whether a product of the chosen route has run
+        self._heap = HeapTrimmer()
+        if self.device.type == "cpu":
+            keep_freed_memory()  # every pass reuses the last one's pages (see .heap)
         #: Called as ``progress(done, total)`` after each micro-batch of a pass.
         self.progress: Callable[[int, int], None] | None = None
 
@@ -338,7 +342,7 @@ class CurvatureOperator:
         if self._symmetry is not None and not self._symmetry.done:
             self._judge_symmetry(requests, totals)
         if self.device.type == "cpu":
-            trim_heap()
+            self._heap.after_pass()
         self.counters.data_passes += 1
         synchronize(self.device)  # the pass's kernels are done before the timer is read
         self.counters.seconds += time.perf_counter() - start
@@ -347,8 +351,9 @@ class CurvatureOperator:
     def _local_pass(
         self, tangents: list[tuple[Block | None, Params]], counts: list[int]
     ) -> list[torch.Tensor]:
+        # Written whole by the first micro-batch (no zero fill), added to by the others.
         totals = [
-            torch.zeros(
+            torch.empty(
                 self.size if block is None else block.size,
                 count,
                 device=self.device,
@@ -358,7 +363,7 @@ class CurvatureOperator:
         ]
         if not any(counts):
             return totals
-        batches = self.num_micro_batches
+        batches, index = self.num_micro_batches, -1
         with math_attention():
             for index, (first, part, weight) in enumerate(
                 micro_batches(self.dataset, self.micro_batch, self.weighting)
@@ -367,24 +372,42 @@ class CurvatureOperator:
                 for (block, vectors), total, count in zip(tangents, totals, counts, strict=True):
                     if not count:
                         continue
-                    product = apply(vectors)
-                    bad = [n for n, t in product.items() if not bool(torch.isfinite(t).all())]
-                    if bad:
-                        raise NumericalError(
-                            f"a {self.kind}-vector product is NaN/Inf on samples {first}-"
-                            f"{first + part.size - 1} (in {', '.join(bad[:4])})",
-                            "check those samples and the weights; try --dtype float64",
-                        )
                     # Mean: weight uⱼ/U, so the sum is the mean over all units; sum: weight 1.
-                    # Added slot by slot: no flat copy of the columns.
+                    # Slot by slot: no flat copy of the columns.
                     alpha = weight if self.reduction == "mean" else 1.0
-                    offset = 0 if block is None else block.start
-                    for slot in self.layout.slots_of(block):
-                        piece = product.pop(slot.name).reshape(count, -1).T
-                        total[slot.start - offset : slot.stop - offset].add_(piece, alpha=alpha)
+                    product = apply(vectors)
+                    for slot, rows in self._rows(block, total):
+                        piece = product.pop(slot).reshape(count, -1).T
+                        if index == 0:
+                            torch.mul(piece, alpha, out=rows)
+                        else:
+                            rows.add_(piece, alpha=alpha)
+                    # One float64 sum finds a NaN/Inf anywhere (float32 sums cannot overflow it).
+                    if not math.isfinite(float(torch.sum(total, dtype=torch.float64))):
+                        raise self._not_finite(block, total, first, part.size)
                 if self.progress is not None:
                     self.progress(index + 1, batches)
+        if index < 0:  # no micro-batch on this rank: it adds nothing to the sum
+            for total in totals:
+                total.zero_()
         return totals
+
+    def _rows(self, block: Block | None, total: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        """``(parameter, its rows of total)`` for the slots of ``block`` (all, for None)."""
+        offset = 0 if block is None else block.start
+        for slot in self.layout.slots_of(block):
+            yield slot.name, total[slot.start - offset : slot.stop - offset]
+
+    def _not_finite(
+        self, block: Block | None, total: torch.Tensor, first: int, size: int
+    ) -> NumericalError:
+        """The error for a product that is NaN/Inf on samples ``first`` … ``first+size-1``."""
+        bad = [name for name, rows in self._rows(block, total) if not bool(rows.isfinite().all())]
+        return NumericalError(
+            f"a {self.kind}-vector product is NaN/Inf on samples {first}-{first + size - 1} "
+            f"(in {', '.join(bad[:4])})",
+            "check those samples and the weights; try --dtype float64",
+        )
 
     def _shrink(self, exc: BaseException) -> None:
         """Halve the vmap chunk (forward route), else the micro-batch, after running out."""

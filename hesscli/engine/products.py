@@ -93,22 +93,30 @@ def hessian_reverse(mb: MicroBatchLoss) -> Apply:
     # Parameters the loss never touches have zero gradient and zero curvature.
     live = {i for i, g in enumerate(gradients) if g is not None and g.requires_grad}
 
+    def column(wanted: list[int], block: Params, k: int) -> dict[int, torch.Tensor]:
+        pieces = torch.autograd.grad(  # H_SS·v_S = ∇_S ⟨∇_S L, v_S⟩
+            _inner([gradients[i] for i in wanted], [block[names[i]][k] for i in wanted]),
+            [leaves[i] for i in wanted],
+            retain_graph=True,
+            allow_unused=True,
+        )
+        return {i: p for i, p in zip(wanted, pieces, strict=True) if p is not None}
+
     def apply(block: Params) -> Params:
         count = next(iter(block.values())).shape[0]
         subset = [i for i, n in enumerate(names) if n in block]
-        wanted = [i for i in subset if i in live]  # H_SS·v_S = ∇_S ⟨∇_S L, v_S⟩
+        wanted = [i for i in subset if i in live]  # else linear in these variables: H_SS = 0
+        if count == 1:  # the pieces are the product: no result buffer to fill
+            pieces = column(wanted, block, 0) if wanted else {}
+            return {
+                names[i]: (pieces[i] if i in pieces else leaves[i].new_zeros(leaves[i].shape))[None]
+                for i in subset
+            }
         # Written column by column into the result: no list of columns to stack afterwards.
         out = {names[i]: leaves[i].new_zeros((count, *leaves[i].shape)) for i in subset}
-        for k in range(count if wanted else 0):  # else linear in these variables: H_SS = 0
-            pieces = torch.autograd.grad(
-                _inner([gradients[i] for i in wanted], [block[names[i]][k] for i in wanted]),
-                [leaves[i] for i in wanted],
-                retain_graph=True,
-                allow_unused=True,
-            )
-            for i, piece in zip(wanted, pieces, strict=True):
-                if piece is not None:
-                    out[names[i]][k].copy_(piece)
+        for k in range(count if wanted else 0):
+            for i, piece in column(wanted, block, k).items():
+                out[names[i]][k].copy_(piece)
         return out
 
     return apply
