@@ -76,19 +76,21 @@ def resident_bytes() -> int:
 
 
 class HeapTrimmer:
-    """Trims the heap after a pass only when resident memory has grown since the first.
+    """Trims the heap after a pass only when resident memory has grown since the first pass.
 
-    The first call trims and records the resident memory that remains; later calls trim when
-    it exceeds :data:`GROWTH` times that, so kept memory is reused pass after pass while a
-    slow creep (fragmentation over hundreds of passes) is still bounded.
+    The resident memory after the first pass (what it used, freed blocks kept for reuse) is
+    the reference; a later pass trims when it ends above :data:`GROWTH` times that, so kept
+    memory is reused pass after pass while a slow creep (fragmentation over hundreds of
+    passes) stays bounded.
     """
 
     def __init__(self) -> None:
-        self._floor = 0
+        self._reference = 0
 
     def after_pass(self) -> None:
         """Called after every data pass on the CPU."""
-        if self._floor and resident_bytes() <= GROWTH * self._floor:
-            return
-        trim_heap()
-        self._floor = max(self._floor, resident_bytes())
+        now = resident_bytes()
+        if not self._reference:
+            self._reference = now
+        elif now > GROWTH * self._reference:
+            trim_heap()
