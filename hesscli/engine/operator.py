@@ -382,9 +382,9 @@ class CurvatureOperator:
                             torch.mul(piece, alpha, out=rows)
                         else:
                             rows.add_(piece, alpha=alpha)
-                    # One float64 sum finds a NaN/Inf anywhere (float32 sums cannot overflow it).
-                    if not math.isfinite(float(torch.sum(total, dtype=torch.float64))):
-                        raise self._not_finite(block, total, first, part.size)
+                    # One sum finds a NaN/Inf anywhere; the slots confirm (a sum can overflow).
+                    if not math.isfinite(float(total.sum())):
+                        self._refuse_not_finite(block, total, first, part.size)
                 if self.progress is not None:
                     self.progress(index + 1, batches)
         if index < 0:  # no micro-batch on this rank: it adds nothing to the sum
@@ -398,12 +398,14 @@ class CurvatureOperator:
         for slot in self.layout.slots_of(block):
             yield slot.name, total[slot.start - offset : slot.stop - offset]
 
-    def _not_finite(
+    def _refuse_not_finite(
         self, block: Block | None, total: torch.Tensor, first: int, size: int
-    ) -> NumericalError:
-        """The error for a product that is NaN/Inf on samples ``first`` … ``first+size-1``."""
+    ) -> None:
+        """Refuse a product that is NaN/Inf on samples ``first`` … ``first+size-1``."""
         bad = [name for name, rows in self._rows(block, total) if not bool(rows.isfinite().all())]
-        return NumericalError(
+        if not bad:
+            return  # finite entries whose sum overflowed
+        raise NumericalError(
             f"a {self.kind}-vector product is NaN/Inf on samples {first}-{first + size - 1} "
             f"(in {', '.join(bad[:4])})",
             "check those samples and the weights; try --dtype float64",

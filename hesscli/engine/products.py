@@ -248,9 +248,10 @@ def _inner(tensors: list[torch.Tensor], vectors: list[torch.Tensor]) -> torch.Te
     by exactly 1 and vᵢ), without the symbolic-shape machinery (sympy, about a second to
     import) that torch loads on the first call with ``grad_outputs``.
     """
-    total = (tensors[0] * vectors[0]).sum()
+    # dot of flat views: no parameter-sized temporary per term, one fused reduction each.
+    total = torch.dot(tensors[0].reshape(-1), vectors[0].reshape(-1))
     for tensor, vector in zip(tensors[1:], vectors[1:], strict=True):
-        total = total + (tensor * vector).sum()
+        total = total + torch.dot(tensor.reshape(-1), vector.reshape(-1))
     return total
 
 
