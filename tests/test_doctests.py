@@ -12,6 +12,7 @@ MODULES = [
     "hesscli.algorithms.eigen",
     "hesscli.algorithms.trace",
     "hesscli.engine.operator",
+    "hesscli.engine.precision",
     "hesscli.engine.weighting",
 ]
 
