@@ -304,6 +304,7 @@ def run_spectrum(
         max_steps=limit,
         generator=_generator(seed),
         on_step=planned(op, progress, "Lanczos (all selected layers)", limit, 1),
+        hint=op.free_gradient(),  # starts near the top eigenvectors of a trained network
         **common,
     )
     layers: dict[str, Spectrum] = {}

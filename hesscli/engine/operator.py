@@ -202,6 +202,7 @@ class CurvatureOperator:
         self._symmetry: FirstColumns | None = None  # the default route's pending check
         self._proven = False  # whether a product of the chosen route has run
         self._heap = HeapTrimmer()
+        self._gradient: Params | None = None  # see free_gradient
         if self.device.type == "cpu":
             keep_freed_memory()  # every pass reuses the last one's pages (see .heap)
         #: Called as ``progress(done, total)`` after each micro-batch of a pass.
@@ -281,6 +282,25 @@ class CurvatureOperator:
         self.counters.products += a.shape[1] + len(self.layout.blocks) * b.shape[1]
         result = torch.cat(products[1:]) if b.shape[1] else b.new_zeros(b.shape)
         return products[0], result
+
+    def free_gradient(self) -> torch.Tensor | None:
+        """∇L as a ``(P,)`` vector when it costs no extra work, else None (once per operator).
+
+        It is free when the whole data set is one micro-batch on one process and the Hessian
+        is taken by double backward: the graph the first product needs computes the gradient
+        on the way, so this builds it now and keeps it for the products. Lanczos starts from
+        it, partly (:func:`~hesscli.algorithms.eigen.extreme_eigenvalues`).
+        """
+        if self.kind != "hessian" or self.num_micro_batches != 1 or not self._self_checking():
+            return None
+        if self.route is None:
+            _, part, _ = next(iter(micro_batches(self.dataset, self.micro_batch, self.weighting)))
+            with float32_precision(self.allow_tf32), math_attention():
+                self._apply(0, part)
+        gradient, self._gradient = self._gradient, None
+        if gradient is None:
+            return None
+        return self.layout.flatten({n: g[None] for n, g in gradient.items()})[:, 0]
 
     def dense(self, *, columns_per_pass: int = 256) -> torch.Tensor:
         """The whole ``(P, P)`` matrix, column blocks at a time (for small models and tests)."""
@@ -550,15 +570,20 @@ class CurvatureOperator:
         either way the full route check on a slice then chooses another route. Afterwards the
         first two columns computed are judged for symmetry (:meth:`_judge_symmetry`).
         """
+        gradient: Params = {}
         try:
             with WatchAttention() as watch:
-                apply, graph_bytes = build(self.kind, REVERSE, mb, chunk_size=self.chunk_size)
+                apply, graph_bytes = build(
+                    self.kind, REVERSE, mb, chunk_size=self.chunk_size, gradient=gradient
+                )
         except MISSING_RULE as exc:
             if is_out_of_memory(exc):
                 raise
             return self._fall_back(index, mb)
         self.route = self_checked_reverse(self.method, watch.attention)
         self._symmetry = FirstColumns()
+        if gradient and self.num_micro_batches == 1:
+            self._gradient = gradient
 
         def first_use(block: Params) -> Params:
             if self._proven:

@@ -80,16 +80,20 @@ def hessian_forward(mb: MicroBatchLoss, *, chunk_size: int | None) -> Apply:
     return apply
 
 
-def hessian_reverse(mb: MicroBatchLoss) -> Apply:
+def hessian_reverse(mb: MicroBatchLoss, gradient: Params | None = None) -> Apply:
     """H·V by reverse-over-reverse (double backward).
 
     g = ∇L(θ) is built once with its graph; each column then costs one backward of ⟨g, v⟩,
-    since H·v = ∇θ⟨∇L(θ), v⟩.
+    since H·v = ∇θ⟨∇L(θ), v⟩. When ``gradient`` is given it receives g's values (detached,
+    zeros where the loss does not depend on a variable): the build computes them anyway.
     """
     names = list(mb.variables)
     leaves = [mb.variables[n].detach().requires_grad_(True) for n in names]
     loss = mb.loss(dict(zip(names, leaves, strict=True)))
     gradients = torch.autograd.grad(loss, leaves, create_graph=True, allow_unused=True)
+    if gradient is not None:
+        for name, leaf, g in zip(names, leaves, gradients, strict=True):
+            gradient[name] = torch.zeros_like(leaf) if g is None else g.detach()
     # Parameters the loss never touches have zero gradient and zero curvature.
     live = {i for i, g in enumerate(gradients) if g is not None and g.requires_grad}
 

@@ -99,9 +99,17 @@ class RouteReport:
 
 
 def build(
-    kind: str, route: str, mb: MicroBatchLoss, *, chunk_size: int | None
+    kind: str,
+    route: str,
+    mb: MicroBatchLoss,
+    *,
+    chunk_size: int | None,
+    gradient: Params | None = None,
 ) -> tuple[Apply, int]:
     """The product closure of ``kind`` (``hessian``/``ggn``) by ``route`` on one micro-batch.
+
+    ``gradient``, for the Hessian by double backward, receives the gradient the build computes
+    on the way (see :func:`~.products.hessian_reverse`); other routes leave it empty.
 
     Returns:
         The closure, and for the reverse route the bytes its retained gradient graph holds
@@ -113,7 +121,7 @@ def build(
     if route == FINITE:
         return finite_difference(mb, kind), 0
     with SavedBytes() as saved:  # torch.func refuses saved-tensor hooks: reverse route only
-        apply = hessian_reverse(mb) if kind == "hessian" else ggn_reverse(mb)
+        apply = hessian_reverse(mb, gradient) if kind == "hessian" else ggn_reverse(mb)
     return apply, saved.total
 
 
