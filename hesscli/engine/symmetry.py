@@ -74,6 +74,8 @@ def asymmetry_error(kind: str, route: str, defect: float, where: str) -> Numeric
 
 #: Combined columns closer to parallel than this (|cos|) make a pair that checks nothing.
 _PARALLEL = 0.9
+#: Columns after which a check that found no usable pair stops trying (and holding memory).
+_GIVE_UP = 64
 
 
 class FirstColumns:
@@ -94,11 +96,12 @@ class FirstColumns:
         self._count = 0
         self._signs = torch.Generator().manual_seed(0)
         self.defect: float | None = None
+        self.gave_up = False
 
     @property
     def done(self) -> bool:
-        """Whether the check has been judged."""
-        return self.defect is not None
+        """Whether the check has been judged, or given up (only parallel columns came)."""
+        return self.defect is not None or self.gave_up
 
     def feed(self, block: object, columns: torch.Tensor, products: torch.Tensor) -> None:
         """Add one request's ``(rows, K)`` columns and products (summed over the data set)."""
@@ -129,6 +132,8 @@ class FirstColumns:
 
         norms = dot(u, u) ** 0.5 * dot(v, v) ** 0.5
         if norms == 0 or abs(dot(u, v)) > _PARALLEL * norms:
+            if self._count >= _GIVE_UP:
+                self.gave_up, self._sums = True, []
             return None  # wait for more columns to mix in
         if not (bool(torch.isfinite(cu).all()) and bool(torch.isfinite(cv).all())):
             self.defect = 0.0  # NaN/Inf curvature is reported where the products blow up
