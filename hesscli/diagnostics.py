@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
-from hesscli.algorithms.diagonal import diagonal_stats, estimate_diagonal
+from hesscli.algorithms.diagonal import MIN_PROBES, diagonal_stats, estimate_diagonal
 from hesscli.algorithms.eigen import Eigenpair, Extremes, extreme_eigenvalues
 from hesscli.algorithms.lanczos import lanczos_bytes
 from hesscli.algorithms.trace import (
@@ -77,8 +77,21 @@ LARGE_MODEL = 1_000_000
 DIAG_PRODUCTS = {False: 300, True: 150}
 
 
-def diag_products_for(size: int, products: int | None) -> int:
-    """``products`` if given, else the default Diag++ budget for a model of ``size``."""
+def diag_products_for(
+    size: int, products: int | None, option: str = "--products", *, estimated: bool = True
+) -> int:
+    """``products`` if given (refused when too few for Diag++), else the default budget.
+
+    Diag++ gives a third of its budget to the sketch and its product; at least
+    :data:`~hesscli.algorithms.diagonal.MIN_PROBES` probes must be left, which every budget
+    from three times that guarantees.
+    """
+    if estimated and products is not None and products - 2 * (products // 3) < MIN_PROBES:
+        raise ConfigError(
+            f"{option} {products} is too small for a Diag++ estimate: a third goes to the "
+            f"sketch and at least {MIN_PROBES} probes must be left",
+            f"pass {option} {3 * MIN_PROBES} or more, or --exact",
+        )
     return products or DIAG_PRODUCTS[size >= LARGE_MODEL]
 
 
@@ -587,7 +600,7 @@ def run_diag(
     start = time.perf_counter()
     prepared = prepare(request, layer_patterns=layer_patterns)
     op = operator_for(prepared, columns=PROBE_BATCH)
-    products = diag_products_for(op.size, products)
+    products = diag_products_for(op.size, products, estimated=mode != "exact")
     seed = int(prepared.settings["seed"].value or 0)
     found = layer_diagonals(
         op, mode=mode, products=products, largest=largest, seed=seed, progress=progress

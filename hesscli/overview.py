@@ -336,7 +336,7 @@ def measure(
     # asked for 21.6 GiB and refused an 8 GiB budget).
     op = operator_for(prepared, columns=2 + (settings.probes or 8) + 1)
     sizes = density_sizes(op.size, settings.probes, settings.steps)
-    diag_products = diag_products_for(op.size, settings.diag_products)
+    diag_products = diag_products_for(op.size, settings.diag_products, "--diag-products")
     settings = replace(settings, probes=sizes[0], steps=sizes[1], diag_products=diag_products)
     assert settings.probes is not None
     assert settings.steps is not None

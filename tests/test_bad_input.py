@@ -949,3 +949,16 @@ def test_console_entry_point(ws: Workspace, case: str, pattern: str) -> None:
     assert lines[0].startswith("hesscli: error: "), context
     assert re.search(pattern, lines[0]), context
     assert _digest(ws.root) == before
+
+
+@pytest.mark.parametrize(
+    ("command", "option"), [("diag", "--products"), ("report", "--diag-products")]
+)
+def test_diag_budget_too_small_for_diag_plus_plus(ws: Workspace, command: str, option: str) -> None:
+    extra = ["--estimate"] if command == "diag" else ["--steps", "4", "--probes", "2"]
+    result = ws.invoke(
+        command, str(ws.ckpt_pt), "--model", ws.model, "--data", str(ws.data), option, "12", *extra
+    )
+    ws.assert_error(
+        result, rf"{option} 12 is too small for a Diag\+\+ estimate.*{option} 24 or more"
+    )
