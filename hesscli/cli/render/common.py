@@ -12,7 +12,7 @@ from pathlib import Path
 
 from rich.text import Text
 
-from hesscli.results import Engine, Report, RunSettings
+from hesscli.results import Cost, Engine, Report, RunSettings
 
 #: The row of the selected layers taken together.
 WHOLE = "(all selected)"
@@ -85,6 +85,19 @@ def run_lines(settings: RunSettings) -> list[str]:
     ]
 
 
+def _extra_products(cost: Cost) -> str:
+    """`` (+2 route-check products, 52 layer-output-space products)``, or nothing."""
+    extras = [
+        f"+{count:,} {what} products"
+        for count, what in (
+            (cost.check_hvps, "route-check"),
+            (cost.output_space_products, "layer-output-space"),
+        )
+        if count
+    ]
+    return f" ({', '.join(extras)})" if extras else ""
+
+
 def footer(report: Report, engine: Engine, extra: str = "") -> Text:
     """Notes on the columns (``extra``), then the loss, the cost, the route and the processes."""
     cost = report.cost
@@ -92,13 +105,7 @@ def footer(report: Report, engine: Engine, extra: str = "") -> Text:
         *([extra] if extra else []),
         loss_line(report),
         f"cost: {cost.seconds:.2f} s, {cost.hvps:,} curvature-vector products over all samples "
-        f"in {cost.data_passes:,} data passes (+{cost.check_hvps} route-check products"
-        + (
-            f", {cost.output_space_products:,} layer-output-space products"
-            if cost.output_space_products
-            else ""
-        )
-        + ")",
+        f"in {cost.data_passes:,} data passes" + _extra_products(cost),
         f"route: {engine.route} — {engine.reason}",
         *([f"attention: {engine.attention}"] if engine.attention else []),
         *run_lines(report.settings),
