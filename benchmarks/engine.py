@@ -33,8 +33,8 @@ from rich.table import Table
 from torch import nn
 from torch.nn import functional as F
 
+from hesscli.batches import Batch, Dataset
 from hesscli.engine.operator import CurvatureOperator
-from hesscli.loading.data import Batch, Dataset
 from hesscli.loading.problem import load_problem, resolve_settings
 
 K = 16  # columns of the batched products

@@ -40,11 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from hesscli.algorithms.eigen import extreme_eigenvalues
+from hesscli.batches import Batch, Dataset
 from hesscli.engine.device import synchronize
 from hesscli.engine.functional import math_attention
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.engine.precision import backend_settings, float32_precision
-from hesscli.loading.data import Batch, Dataset
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = Path(__file__).with_name("minilm_config.json")

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from hesscli import __version__
+from hesscli.batches import Dataset, input_tensors
 from hesscli.engine.device import resolve_device, resolve_dtype
 from hesscli.engine.distributed import Group, join, shard, weighting_for
 from hesscli.engine.functional import DEFAULT_MICRO_BATCH, prepare_model
@@ -27,7 +28,6 @@ from hesscli.errors import ConfigError, LayerError
 from hesscli.loading.additivity import check_additive
 from hesscli.loading.checkpoint import write_safetensors
 from hesscli.loading.config import SETTING_TYPES, ConfigFile, Sourced, metadata_may_name
-from hesscli.loading.data import Dataset, input_tensors
 from hesscli.loading.guard import refuse_to_overwrite
 from hesscli.loading.huggingface import is_pretrained_folder
 from hesscli.loading.imports import absolute_path, looks_like_spec, parse_spec

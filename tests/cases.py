@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import hesscli
+from hesscli.batches import Batch, Dataset
 from hesscli.engine.operator import CurvatureOperator
-from hesscli.loading.data import Batch, Dataset
 from hesscli.loading.losses import BUILTIN_LOSSES
 from tests.conftest import SAMPLES
 

@@ -13,10 +13,10 @@ from torch import nn
 
 from hesscli.algorithms.eigen import extreme_eigenvalues
 from hesscli.algorithms.trace import estimate_trace
+from hesscli.batches import Batch, Dataset
 from hesscli.engine.diagonal import GAUSS_NEWTON, OUTPUT_SPACE, UNIT_COLUMNS, exact_diagonal
 from hesscli.engine.functional import to_device
 from hesscli.engine.operator import CurvatureOperator
-from hesscli.loading.data import Batch, Dataset
 from tests.cases import open_sample
 
 F64 = torch.float64

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from hesscli.batches import Batch, Dataset
 from hesscli.engine.distributed import SINGLE, shard
 from hesscli.engine.functional import micro_batches
 from hesscli.engine.weighting import TOKENS, Weighting
 from hesscli.errors import DistributedError
-from hesscli.loading.data import Batch, Dataset
 from tests import distributed_worker
 from tests.conftest import SAMPLES
 

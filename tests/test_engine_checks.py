@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from hesscli.batches import Batch, Dataset
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.engine.routes import FINITE, FORWARD, REVERSE
 from hesscli.errors import (
@@ -18,7 +19,6 @@ from hesscli.errors import (
     DifferentiationError,
     NumericalError,
 )
-from hesscli.loading.data import Batch, Dataset
 from hesscli.loading.losses import BUILTIN_LOSSES
 from tests import dense
 

@@ -11,10 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from hesscli.batches import Batch, Dataset
 from hesscli.engine.functional import to_device
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.errors import ConfigError, LayerError
-from hesscli.loading.data import Batch, Dataset
 from hesscli.loading.losses import BUILTIN_LOSSES
 from tests import dense
 from tests.cases import open_sample

@@ -8,11 +8,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from hesscli.batches import Batch, Dataset
 from hesscli.engine.functional import micro_batches, prepare_model
 from hesscli.engine.gradient import loss_and_gradient
 from hesscli.engine.params import list_layers
 from hesscli.errors import NumericalError
-from hesscli.loading.data import Batch, Dataset
 from hesscli.loading.losses import BUILTIN_LOSSES
 
 CPU, F64 = torch.device("cpu"), torch.float64

@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from hesscli.batches import Batch, Dataset
 from hesscli.diagnostics import PROBE_BATCH
 from hesscli.engine import memory
 from hesscli.engine.memory import (
@@ -36,7 +37,6 @@ from hesscli.engine.memory import (
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.engine.products import MicroBatchLoss
 from hesscli.errors import ConfigError, MemoryLimitError
-from hesscli.loading.data import Batch, Dataset
 from hesscli.loading.losses import BUILTIN_LOSSES
 from tests import dense
 

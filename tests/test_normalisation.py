@@ -24,11 +24,11 @@ from safetensors.torch import load_file
 from torch import nn
 from typer.testing import CliRunner
 
+from hesscli.batches import Batch, Dataset
 from hesscli.cli.app import app
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.engine.weighting import Weighting
 from hesscli.errors import LossError
-from hesscli.loading.data import Batch, Dataset
 from hesscli.loading.losses import BUILTIN_LOSSES, Loss, check_fit, resolve_normalisation
 from tests import dense
 from tests.conftest import SAMPLES, WIDTH

@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hesscli.batches import Batch, Dataset
 from hesscli.engine import diagonal, output_curvature
 from hesscli.engine.diagonal import GAUSS_NEWTON, OUTPUT_SPACE, exact_diagonal
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.engine.output_curvature import IGNORE_INDEX, output_hessian_of
-from hesscli.loading.data import Batch, Dataset
 from hesscli.loading.losses import BUILTIN_LOSSES, BuiltinLoss
 from tests.cases import open_sample
 from tests.conftest import REPO
@@ -364,7 +364,7 @@ import sys, torch
 from torch import nn
 from hesscli.engine.diagonal import exact_diagonal
 from hesscli.engine.operator import CurvatureOperator
-from hesscli.loading.data import Batch, Dataset
+from hesscli.batches import Batch, Dataset
 from hesscli.loading.losses import BUILTIN_LOSSES
 model = nn.Sequential(nn.Linear(4, 5), nn.ReLU(), nn.Linear(5, 3)).eval()
 x, y = torch.randn(8, 4), torch.randint(0, 3, (8,))

@@ -25,10 +25,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from hesscli.batches import Batch
 from hesscli.cli.app import app
 from hesscli.engine.weighting import TOKENS, Weighting, count_units
 from hesscli.errors import LossError
-from hesscli.loading.data import Batch
 from tests import hf_tiny, token_weighting_worker
 
 F64 = torch.float64

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from hesscli.batches import Dataset
 from hesscli.engine.weighting import Weighting, local_units
 from hesscli.errors import DataError, DistributedError, PeerFailedError
-from hesscli.loading.data import Dataset
 
 #: Environment variables a launcher (torchrun, or srun/mpirun set up alike) provides.
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

@@ -16,8 +16,8 @@ from torch import nn
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from hesscli.batches import Batch, Dataset, Inputs, map_inputs
 from hesscli.engine.weighting import SAMPLES, Weighting
-from hesscli.loading.data import Batch, Dataset, Inputs, map_inputs
 
 #: Micro-batch size used when the user sets none.
 DEFAULT_MICRO_BATCH = 512

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from hesscli.batches import Dataset
 from hesscli.engine.distributed import SINGLE, Group
 from hesscli.engine.functional import (
     batch_loss,
@@ -20,7 +21,6 @@ from hesscli.engine.params import Layer
 from hesscli.engine.precision import float32_precision
 from hesscli.engine.weighting import Weighting
 from hesscli.errors import NumericalError
-from hesscli.loading.data import Dataset
 
 
 @dataclass(frozen=True)

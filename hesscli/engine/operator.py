@@ -6,7 +6,7 @@ the seed 3→4→5 network (the loss is the mean over all samples, whatever the 
     >>> import torch
     >>> from torch import nn
     >>> from hesscli.engine.operator import CurvatureOperator
-    >>> from hesscli.loading.data import Batch, Dataset
+    >>> from hesscli.batches import Batch, Dataset
     >>> _ = torch.manual_seed(0)
     >>> model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 5)).double().eval()
     >>> x, y = torch.randn(10, 3, dtype=torch.float64), torch.randn(10, 5, dtype=torch.float64)
@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import nn
 
+from hesscli.batches import Dataset
 from hesscli.engine.determinism import check_modules, check_repeatable
 from hesscli.engine.device import synchronize
 from hesscli.engine.distributed import SINGLE, Group
@@ -71,7 +72,6 @@ from hesscli.engine.routes import (
 from hesscli.engine.symmetry import FirstColumns, asymmetry_error, too_large
 from hesscli.engine.weighting import Weighting
 from hesscli.errors import ConfigError, DifferentiationError, MemoryLimitError, NumericalError
-from hesscli.loading.data import Dataset
 
 log = logging.getLogger("hesscli")
 

@@ -36,10 +36,10 @@ from collections.abc import Callable
 
 import torch
 
+from hesscli.batches import IGNORE_INDEX
+
 #: ``output_hessian(outputs, targets)`` → ``(b, m, m)`` float64 blocks, or ``None``.
 OutputHessian = Callable[[torch.Tensor, torch.Tensor], torch.Tensor | None]
-#: Targets equal to this are padding for cross-entropy and NLL (``F.cross_entropy``'s default).
-IGNORE_INDEX = -100
 
 
 def output_hessian_of(loss_fn: object) -> OutputHessian | None:

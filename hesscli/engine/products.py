@@ -25,8 +25,8 @@ import torch
 from torch import nn
 from torch.func import grad, jvp, vjp, vmap
 
+from hesscli.batches import Batch
 from hesscli.engine.functional import Params, call_model
-from hesscli.loading.data import Batch
 
 #: ``apply(V)`` maps a block of tangents ``{name: (K, *shape)}`` to the products, same layout.
 Apply = Callable[[Params], Params]

@@ -21,9 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from hesscli.batches import IGNORE_INDEX, Batch, Dataset
 from hesscli.errors import LossError
-from hesscli.loading.data import Batch, Dataset
-from hesscli.loading.losses import IGNORE_INDEX
 
 SAMPLES = "samples"
 TOKENS = "tokens"

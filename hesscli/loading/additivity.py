@@ -27,9 +27,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from hesscli.batches import Batch, apply_model
 from hesscli.engine.weighting import SAMPLES, TOKENS, count_units
 from hesscli.errors import LossError
-from hesscli.loading.data import Batch, apply_model
 from hesscli.loading.losses import BUILTIN_LOSSES, Loss
 
 #: Samples of the first batch the check runs on (those the loading probe already ran).

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hesscli.batches import Dataset, apply_model, input_tensors
 from hesscli.errors import CheckpointError, ConfigError, DataError, ModelSpecError
 from hesscli.loading import huggingface, outputs
 from hesscli.loading.checkpoint import (
@@ -32,7 +33,7 @@ from hesscli.loading.config import (
     merge_settings,
     read_config,
 )
-from hesscli.loading.data import Dataset, apply_model, input_tensors, load_data
+from hesscli.loading.data import load_data
 from hesscli.loading.guard import refuse_special_file
 from hesscli.loading.imports import absolute_path, looks_like_spec, package_file
 from hesscli.loading.losses import (

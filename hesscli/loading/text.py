@@ -26,10 +26,10 @@ from typing import Any
 
 import torch
 
+from hesscli.batches import IGNORE_INDEX
 from hesscli.errors import DataError
 from hesscli.loading.huggingface import CAUSAL_LM, MASKED_LM, TOKEN_CLASSIFICATION, family_of
 
-IGNORE_INDEX = -100
 TEXT_SUFFIXES = (".jsonl", ".json", ".csv")
 #: Files one of which a folder's tokenizer needs (transformers builds an empty one otherwise).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt")
