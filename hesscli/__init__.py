@@ -15,7 +15,7 @@ __all__ = ["__version__", "curvature_operator"]
 def __getattr__(name: str) -> Any:
     # Lazy, so that ``hesscli --version`` does not import torch.
     if name == "curvature_operator":
-        from hesscli.analysis import curvature_operator
+        from hesscli.runs.prepare import curvature_operator
 
         return curvature_operator
     raise AttributeError(f"module 'hesscli' has no attribute {name!r}")

@@ -414,7 +414,7 @@ class DensityResults(Density):
 
 @dataclass(frozen=True)
 class Flag:
-    """An interpretive flag (see :mod:`hesscli.flags`): its name, what it marks, and why."""
+    """An interpretive flag (see :mod:`hesscli.runs.flags`): its name, what it marks, and why."""
 
     name: str
     subject: str

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from hesscli.analysis import Request, operator_for, prepare
 from hesscli.engine.diagonal import exact_diagonal
 from hesscli.engine.distributed import leave
 from hesscli.engine.gradient import loss_and_gradient
 from hesscli.engine.params import list_layers
+from hesscli.runs.prepare import Request, operator_for, prepare
 
 SAMPLES = Path(__file__).resolve().parents[1] / "sample_models"
 #: (folder, --max-samples, --micro-batch on every rank, layers whose diagonal is compared)

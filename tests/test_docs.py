@@ -39,8 +39,8 @@ import torch
 from typer.testing import CliRunner, Result
 
 from hesscli.cli.app import app
-from hesscli.flags import RULES
 from hesscli.loading.config import SETTING_TYPES
+from hesscli.runs.flags import RULES
 from tests.conftest import REPO, SAMPLES
 
 if sys.version_info >= (3, 11):

@@ -639,12 +639,12 @@ def test_help_lists_the_choices() -> None:
 def test_choices_match_what_the_library_accepts() -> None:
     from typing import get_args
 
-    from hesscli.analysis import CURVATURES
     from hesscli.cli import options as opt
-    from hesscli.diagnostics import TRACE_METHODS
     from hesscli.engine.device import DTYPES
     from hesscli.engine.routes import METHODS
     from hesscli.loading.losses import NORMALISATIONS
+    from hesscli.runs.prepare import CURVATURES
+    from hesscli.runs.trace import TRACE_METHODS
 
     def values(alias: object) -> set[str]:
         literal = get_args(alias)[0]  # Annotated[Literal[...] | None, ...]

@@ -22,7 +22,6 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from hesscli.batches import Batch, Dataset
-from hesscli.diagnostics import PROBE_BATCH
 from hesscli.engine import memory
 from hesscli.engine.memory import (
     SavedBytes,
@@ -38,6 +37,7 @@ from hesscli.engine.operator import CurvatureOperator
 from hesscli.engine.products import MicroBatchLoss
 from hesscli.errors import ConfigError, MemoryLimitError
 from hesscli.loading.losses import BUILTIN_LOSSES
+from hesscli.runs.plans import PROBE_BATCH
 from tests import dense
 
 F64 = torch.float64

@@ -16,12 +16,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from hesscli import diagnostics
-from hesscli.analysis import Request
 from hesscli.cli.render.json_render import render_json
-from hesscli.diagnostics import run_diag, run_spectrum, run_trace
 from hesscli.errors import ConfigError
-from hesscli.flags import (
+from hesscli.results import Eigenvalue, LayerSummary, Mass, Summary, Trace
+from hesscli.runs import diag as diag_run
+from hesscli.runs.check import Thresholds, run_check
+from hesscli.runs.compare import run_compare
+from hesscli.runs.density import run_density
+from hesscli.runs.diag import run_diag
+from hesscli.runs.flags import (
     DOMINANT_SHARE,
     FLAT_RATIO,
     NEGATIVE_RATIO,
@@ -29,9 +32,10 @@ from hesscli.flags import (
     layer_flags,
     model_flags,
 )
-from hesscli.gate import Thresholds, run_check
-from hesscli.overview import ReportSettings, run_compare, run_density, run_report
-from hesscli.results import Eigenvalue, LayerSummary, Mass, Summary, Trace
+from hesscli.runs.prepare import Request
+from hesscli.runs.report import ReportSettings, run_report
+from hesscli.runs.spectrum import run_spectrum
+from hesscli.runs.trace import run_trace
 from tests.cases import open_sample
 from tests.conftest import SAMPLES
 
@@ -137,7 +141,7 @@ def test_report_matches_the_dense_hessian(report) -> None:
 def test_estimated_diagonals_share_probes_with_traces(monkeypatch: pytest.MonkeyPatch) -> None:
     """With unit columns off, conv layers are estimated: their traces come from the Diag++
     probes, carry a standard error, and cover the exact trace."""
-    monkeypatch.setattr(diagnostics, "UNIT_COLUMNS_LIMIT", 0)
+    monkeypatch.setattr(diag_run, "UNIT_COLUMNS_LIMIT", 0)
     folder = SAMPLES / "digits_cnn"
     request = Request(
         options={"checkpoint": "model.pt", "dtype": "float64", "max_samples": 16}, cwd=folder

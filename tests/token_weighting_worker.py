@@ -11,10 +11,10 @@ from pathlib import Path
 
 import torch
 
-from hesscli.analysis import Request, operator_for, prepare
 from hesscli.engine.distributed import leave
 from hesscli.engine.gradient import loss_and_gradient
 from hesscli.engine.params import list_layers
+from hesscli.runs.prepare import Request, operator_for, prepare
 
 
 def measure(folder: Path, data: Path, micro_batch: int | None, **options: object) -> dict:

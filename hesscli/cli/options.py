@@ -15,9 +15,9 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from hesscli.analysis import Request
 from hesscli.loading.config import SETTING_TYPES
 from hesscli.loading.guard import refuse_special_inputs
+from hesscli.runs.prepare import Request
 
 _INPUT = "Inputs"
 _COMPUTE = "Computation"

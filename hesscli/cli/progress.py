@@ -26,7 +26,7 @@ from rich.progress import (
 )
 
 from hesscli.cli.output import is_main_rank
-from hesscli.diagnostics import Progress as Callback
+from hesscli.runs.progress import Progress as Callback
 
 
 class _AboveBars(FileProxy):

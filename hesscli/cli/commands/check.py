@@ -13,10 +13,10 @@ from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.overview_tables import check_renderable
-from hesscli.gate import Thresholds, run_check
 from hesscli.loading.guard import refuse_to_overwrite
-from hesscli.overview import ReportSettings
 from hesscli.results import CheckResults
+from hesscli.runs.check import Thresholds, run_check
+from hesscli.runs.report import ReportSettings
 
 _PANEL = "Thresholds"
 #: Exit code of a run whose measurements violate a threshold or the baseline.

@@ -10,7 +10,7 @@ from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.overview_tables import report_renderable
 from hesscli.cli.render.plots import density_plot
 from hesscli.loading.guard import refuse_to_overwrite
-from hesscli.overview import ReportSettings, run_report
+from hesscli.runs.report import ReportSettings, run_report
 
 
 def report(

@@ -11,8 +11,8 @@ from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.curvature_tables import spectrum_renderable
-from hesscli.diagnostics import run_spectrum
 from hesscli.loading.guard import refuse_to_overwrite
+from hesscli.runs.spectrum import run_spectrum
 
 _PANEL = "Spectrum"
 

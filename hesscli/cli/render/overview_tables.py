@@ -43,7 +43,7 @@ NOT_CONVERGED = "*"
 QUANTITIES = {"lambda_max": "λmax", "lambda_min": "λmin", "top": "λmax", "bottom": "λmin"}
 #: ``within``: a baseline row, whose limit is the baseline's value.
 RELATIONS = {"<=": "≤", ">=": "≥", "within": "≈"}
-#: What the check table's columns mean (the rules themselves live in hesscli.gate).
+#: What the check table's columns mean (the rules themselves live in hesscli.runs.check).
 CHECK_LEGEND = (
     "margin: how far inside the limit (negative: past it); allowance: what the measurement "
     "cannot resolve (1.96 stderr of a trace, an eigenvalue's residual) or, in a baseline row "

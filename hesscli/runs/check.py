@@ -19,15 +19,28 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from hesscli.analysis import Request, prepare, report_for
-from hesscli.diagnostics import Progress, _quiet
 from hesscli.errors import ConfigError
-from hesscli.overview import DEFAULTS, Announce, ReportSettings, _check_settings, _options, _silent
-from hesscli.overview import measure as measure_all
-from hesscli.results import CheckItem, CheckResults, Eigenvalue, LayerSummary, Report, Summary
+from hesscli.results import (
+    CheckItem,
+    CheckResults,
+    Eigenvalue,
+    LayerSummary,
+    Report,
+    Summary,
+)
+from hesscli.runs.prepare import (
+    Request,
+    prepare,
+    report_for,
+)
+from hesscli.runs.progress import Announce, Progress, quiet, silent
+from hesscli.runs.report import DEFAULTS, ReportSettings, check_report_settings, report_options
+from hesscli.runs.report import measure as measure_all
 
 #: Two-sided 95 % normal quantile: the noise a stochastic value is granted.
 Z95 = 1.959964
+
+
 #: Baseline tolerances apply to at least this fraction of the baseline's λmax.
 FLOOR = 1e-3
 
@@ -262,8 +275,8 @@ def run_check(
     baseline: Path | None = None,
     tolerance: float = 0.05,
     settings: ReportSettings = DEFAULTS,
-    progress: Progress = _quiet,
-    announce: Announce = _silent,
+    progress: Progress = quiet,
+    announce: Announce = silent,
 ) -> Report:
     """Measure, then compare with every threshold and the baseline (``results.passed``)."""
     if not thresholds.any() and baseline is None:
@@ -281,7 +294,7 @@ def run_check(
         raise ConfigError(f"--tolerance must be ≥ 0, got {tolerance}", "pass e.g. 0.05")
     if settings.lr is None and thresholds.stability_lr is not None:
         settings = replace(settings, lr=thresholds.stability_lr)
-    _check_settings(settings)
+    check_report_settings(settings)
     base = _load_baseline(baseline) if baseline is not None else None
     prepared = prepare(request, layer_patterns=layer_patterns)
     if base is not None and baseline is not None:
@@ -304,7 +317,7 @@ def run_check(
         engine=found.engine,
     )
     options = {
-        **_options(settings),
+        **report_options(settings),
         **vars(thresholds),
         "baseline": results.baseline,
         "tolerance": results.tolerance,

@@ -1,10 +1,15 @@
-"""Orchestration: options → loaded problem → engine → result objects. No printing."""
+"""Request → problem → operator → envelope: what every command does around its algorithm.
+
+:func:`prepare` loads and checks the problem (model, checkpoint, data, loss), selects layers and
+moves the model to its device and dtype; :func:`operator_for` builds the curvature operator
+inside the memory plan; :func:`report_for` wraps a command's results in the JSON envelope of
+DESIGN.md. :func:`curvature_operator` is the same path for notebooks and scripts
+(``hesscli.curvature_operator``). No printing.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,36 +18,23 @@ from typing import Any
 import torch
 
 from hesscli import __version__
-from hesscli.batches import Dataset, input_tensors
+from hesscli.batches import Dataset
 from hesscli.engine.device import resolve_device, resolve_dtype
 from hesscli.engine.distributed import Group, join, shard, weighting_for
 from hesscli.engine.functional import DEFAULT_MICRO_BATCH, prepare_model
-from hesscli.engine.gradient import loss_and_gradient
 from hesscli.engine.memory import automatic_budget, parse_size
 from hesscli.engine.operator import DEFAULT_CHUNK, CurvatureOperator
-from hesscli.engine.params import Layer, list_layers, select_layers
+from hesscli.engine.params import Layer, select_layers
 from hesscli.engine.precision import matmul_precision, tf32_used
 from hesscli.engine.routes import METHODS
 from hesscli.engine.weighting import Weighting
 from hesscli.errors import ConfigError, LayerError
 from hesscli.loading.additivity import check_additive
-from hesscli.loading.checkpoint import write_safetensors
-from hesscli.loading.config import SETTING_TYPES, ConfigFile, Sourced, metadata_may_name
-from hesscli.loading.guard import refuse_to_overwrite
-from hesscli.loading.huggingface import is_pretrained_folder
-from hesscli.loading.imports import absolute_path, looks_like_spec, parse_spec
-from hesscli.loading.losses import BUILTIN_LOSSES, resolve_normalisation
-from hesscli.loading.model_spec import parse_model_kwargs
+from hesscli.loading.config import SETTING_TYPES, ConfigFile, Sourced
+from hesscli.loading.losses import resolve_normalisation
 from hesscli.loading.problem import Problem, load_problem, problem_files, resolve_settings
 from hesscli.results import (
-    CheckpointInfo,
-    ConvertResults,
     Cost,
-    DataInfo,
-    GradientInfo,
-    InfoResults,
-    LayerInfo,
-    LossInfo,
     MemoryUse,
     Normalisation,
     Parallelism,
@@ -50,10 +42,11 @@ from hesscli.results import (
     Report,
     RunInputs,
     RunSettings,
-    TensorInfo,
 )
 
 CURVATURES = ("hessian", "ggn")
+
+
 log = logging.getLogger("hesscli")
 
 
@@ -83,7 +76,8 @@ class Request:
         )
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
+    """``torch.float64`` → ``float64``, as the JSON names dtypes."""
     return str(dtype).removeprefix("torch.")
 
 
@@ -92,102 +86,6 @@ def _positive(setting: Sourced, option: str) -> int | None:
     if value is not None and int(value) < 1:
         raise ConfigError(f"{option} must be at least 1, got {value}", f"pass a positive {option}")
     return None if value is None else int(value)
-
-
-def _tensor_info(name: str, tensors: list[torch.Tensor]) -> TensorInfo:
-    first = tensors[0]
-    samples = sum(int(t.shape[0]) for t in tensors)
-    return TensorInfo(name, [samples, *first.shape[1:]], _dtype_name(first.dtype))
-
-
-def _data_info(dataset: Dataset, output_shape: tuple[int, ...]) -> DataInfo:
-    named: dict[str, list[torch.Tensor]] = {}
-    for batch in dataset.batches:
-        for name, tensor in input_tensors(batch.inputs):
-            named.setdefault(name, []).append(tensor)
-    return DataInfo(
-        source=dataset.source,
-        format=dataset.format,
-        samples=dataset.num_samples,
-        available=dataset.available,
-        batches=len(dataset.batches),
-        inputs=[_tensor_info(name, tensors) for name, tensors in named.items()],
-        targets=_tensor_info("targets", [b.targets for b in dataset.batches]),
-        output_shape=[dataset.num_samples, *output_shape[1:]],
-    )
-
-
-def _checkpoint_info(problem: Problem) -> CheckpointInfo:
-    raw, report = problem.checkpoint, problem.key_report
-    return CheckpointInfo(
-        path=str(raw.path),
-        format=raw.format,
-        size_bytes=raw.size_bytes,
-        tensors=len(raw.tensors) if raw.module is None else len(raw.module.state_dict()),
-        container=raw.container,
-        prefix=report.prefix,
-        ignored_entries=[*raw.ignored, *report.ignored],
-        matched=report.matched,
-        missing=list(report.missing),
-        unexpected=list(report.unexpected),
-        mismatched=[
-            {"key": k, "checkpoint": list(a), "model": list(b)} for k, a, b in report.mismatched
-        ],
-        tied=[{"key": k, "tied_to": t} for k, t in report.tied],
-        metadata=dict(raw.metadata),
-        pickled_module=raw.module is not None,
-    )
-
-
-def _layer_info(problem: Problem, layers: list[Layer], norms: dict[str, float]) -> list[LayerInfo]:
-    shapes = {name: list(p.shape) for name, p in problem.model.named_parameters()}
-    return [
-        LayerInfo(
-            name=layer.name,
-            type=layer.type,
-            parameters=layer.numel,
-            trainable=layer.trainable,
-            shapes={p: shapes[p] for p in layer.parameters},
-            grad_norm=norms.get(layer.name) if layer.trainable else None,
-        )
-        for layer in layers
-    ]
-
-
-def run_info(request: Request, *, layer_patterns: list[str]) -> Report:
-    """Everything ``hesscli info`` reports: model, checkpoint, data, loss and gradient norms.
-
-    Args:
-        request: Where to load the problem from.
-        layer_patterns: ``--layer`` values; empty means every layer.
-    """
-    start = time.perf_counter()
-    prepared = prepare(request, layer_patterns=layer_patterns)
-    problem, layers = prepared.problem, prepared.layers
-    gradient = loss_and_gradient(
-        problem.model,
-        prepared.shard,
-        problem.loss.fn,
-        layers=list_layers(problem.model),
-        micro_batch=prepared.micro_batch,
-        device=prepared.device,
-        dtype=prepared.dtype,
-        weighting=prepared.weighting,
-        group=prepared.group,
-        allow_tf32=prepared.allow_tf32,
-    )
-    results = InfoResults(
-        model_class=type(problem.model).__name__,
-        layers=_layer_info(problem, layers, gradient.layer_grad_norms),
-        checkpoint=_checkpoint_info(problem),
-        data=_data_info(problem.dataset, problem.output_shape),
-        loss=LossInfo(problem.loss.name, problem.loss.how),
-        gradient=GradientInfo(
-            gradient.loss, gradient.grad_norm, gradient.micro_batches, gradient.seconds
-        ),
-    )
-    cost = Cost(seconds=time.perf_counter() - start, hvps=0, data_passes=1)
-    return report_for("info", prepared, results, cost)
 
 
 def report_for(
@@ -204,11 +102,11 @@ def report_for(
     weighting, group = prepared.weighting, prepared.group
     return Report(
         command=command,
-        inputs=_inputs(problem, prepared.layers, config),
+        inputs=run_inputs(problem, prepared.layers, config),
         settings=RunSettings(
             curvature=str(settings["curvature"].value).lower(),
             device=str(prepared.device),
-            dtype=_dtype_name(prepared.dtype),
+            dtype=dtype_name(prepared.dtype),
             seed=settings["seed"].value,
             micro_batch=op.micro_batch if op is not None else prepared.micro_batch,
             max_samples=settings["max_samples"].value,
@@ -452,7 +350,8 @@ def curvature_operator(
     return operator_for(prepare(request, layer_patterns=layers))
 
 
-def _inputs(problem: Problem, layers: list[Layer], config: ConfigFile | None) -> RunInputs:
+def run_inputs(problem: Problem, layers: list[Layer], config: ConfigFile | None) -> RunInputs:
+    """The envelope's ``inputs``: files, samples, parameters and layers of the run."""
     params = list(problem.model.parameters())
     return RunInputs(
         checkpoint=str(problem.checkpoint.path),
@@ -464,96 +363,4 @@ def _inputs(problem: Problem, layers: list[Layer], config: ConfigFile | None) ->
         trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
         layers=[layer.name for layer in layers],
         config=str(config.path) if config is not None else None,
-    )
-
-
-def _stored(setting: Sourced, out_dir: Path) -> str | None:
-    """A path or ``file.py:Name`` setting as it should be stored in metadata beside ``out_dir``.
-
-    Returns:
-        The setting relative to ``out_dir``, or ``None`` when it names code that readers of the
-        metadata would refuse to import (an installed module, or a file outside ``out_dir``).
-    """
-    text = str(setting.value)
-    path = absolute_path(text, setting.base)
-    if path.exists():
-        return Path(os.path.relpath(path.resolve(), out_dir)).as_posix()
-    if not looks_like_spec(text):
-        return text
-    spec = parse_spec(text, base=setting.base, what="setting", error=ConfigError)
-    if not metadata_may_name(spec, out_dir):
-        return None
-    return f"{Path(os.path.relpath(spec.target, out_dir)).as_posix()}:{spec.name}"
-
-
-def run_convert(request: Request, *, output: Path) -> Report:
-    """Write the checkpoint as a ``.safetensors`` that carries its model, data and loss.
-
-    The problem is loaded and checked first, so the defaults written are known to work;
-    paths are stored relative to the output's folder. Code outside that folder is not stored
-    (readers refuse it) and is reported in ``not_stored``. No input file is ever overwritten.
-    The result comes in the common envelope (inputs, settings, cost), like every command's.
-    """
-    start = time.perf_counter()
-    if output.suffix != ".safetensors":
-        raise ConfigError(f"--output {output} must end in .safetensors", "rename the output")
-    settings, config = request.settings()
-    folder = Path(settings["checkpoint"].value)
-    if is_pretrained_folder(folder) and settings["model"].value is None:
-        raise ConfigError(
-            f"{folder} is a Hugging Face folder: its config.json already names its model, "
-            "which a .safetensors file cannot",
-            "pass the folder itself as the checkpoint to every command",
-        )
-    problem = load_problem(settings, trust_pickle=request.trust_pickle)
-    out = absolute_path(output, request.cwd)
-    refuse_to_overwrite(out, problem_files(problem, config))
-    out_dir = out.parent.resolve()
-    if not out_dir.is_dir():
-        raise ConfigError(f"folder {out.parent} does not exist", "create it first")
-    defaults: dict[str, Any] = {"loss": problem.loss.name}
-    not_stored: dict[str, str] = {}
-    keys = ["model", "data"] + ([] if problem.loss.name in BUILTIN_LOSSES else ["loss"])
-    for key in keys:
-        if settings[key].value is None:
-            continue
-        stored = _stored(settings[key], out_dir)
-        if stored is None:
-            defaults.pop(key, None)
-            not_stored[key] = (
-                f"{settings[key].value} is code outside {out_dir}; readers pass --{key}"
-            )
-        else:
-            defaults[key] = stored
-    kwargs = settings["model_kwargs"]
-    if kwargs.value and "model" in defaults:
-        defaults["model_kwargs"] = (
-            kwargs.value if isinstance(kwargs.value, dict) else parse_model_kwargs(kwargs.value)
-        )
-    write_safetensors(out, problem.model, defaults)
-    results = ConvertResults(
-        source=str(problem.checkpoint.path),
-        written=str(out),
-        tensors=problem.key_report.matched,
-        metadata=defaults,
-        not_stored=not_stored,
-    )
-    weights = next(iter(problem.model.parameters()), None)
-    return Report(
-        command="convert",
-        inputs=_inputs(problem, list_layers(problem.model), config),
-        settings=RunSettings(
-            curvature=str(settings["curvature"].value).lower(),
-            device="cpu",  # convert computes nothing: the weights are copied as read
-            dtype=_dtype_name(weights.dtype) if weights is not None else "float32",
-            seed=settings["seed"].value,
-            micro_batch=settings["micro_batch"].value or DEFAULT_MICRO_BATCH,
-            max_samples=settings["max_samples"].value,
-            train_mode=bool(settings["train_mode"].value),
-            sources={k: v.source for k, v in sorted(settings.items()) if v.value is not None},
-        ),
-        results=results,
-        cost=Cost(seconds=time.perf_counter() - start),
-        hesscli_version=__version__,
-        input_files=problem_files(problem, config),
     )
