@@ -13,8 +13,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 PACKAGE = Path(__file__).resolve().parent.parent / "hesscli"
 #: The orchestration package: one module per command, between the library and the CLI.
 RUNS = "hesscli.runs"
@@ -90,7 +88,6 @@ def all_offences(root: Path = PACKAGE) -> list[str]:
     return [line for path in sorted(root.rglob("*.py")) for line in offences(path, root)]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17: the CLI and hesscli.gate still reach below")
 def test_layers_import_one_way() -> None:
     found = all_offences()
     assert not found, f"{len(found)} forbidden import(s):\n" + "\n".join(found)

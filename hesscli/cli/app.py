@@ -35,10 +35,8 @@ from hesscli.cli.commands.spectrum import spectrum
 from hesscli.cli.commands.trace import trace
 from hesscli.cli.failures import user_code_failure
 from hesscli.cli.output import configure_logging, rank_label, user_output_to_stderr
-from hesscli.engine.distributed import launched, leave
-from hesscli.engine.memory import is_out_of_memory
-from hesscli.engine.precision import float32_precision
 from hesscli.errors import HesscliError
+from hesscli.runs.session import float32_precision, is_out_of_memory, launched, leave
 
 #: Exit codes: 0 success, 1 a ``check`` threshold failed (curvature commands), 2 bad usage/input.
 EXIT_OK, EXIT_USAGE = 0, 2

@@ -26,8 +26,7 @@ from types import FrameType, TracebackType
 import torch.nn.modules.module as torch_module
 
 import hesscli
-from hesscli.engine.functional import current_micro_batch
-from hesscli.loading.imports import user_code_role
+from hesscli.runs.session import current_micro_batch, user_code_role
 
 _HESSCLI = Path(hesscli.__file__).resolve().parent
 _MODULE_CALL = Path(torch_module.__file__).resolve()
@@ -51,6 +50,8 @@ _LOADING_STAGES = {
     "hesscli.loading.model_spec": "loading (building the model)",
     "hesscli.loading.checkpoint": "loading (reading the checkpoint)",
     "hesscli.loading.data": "loading (reading the data)",
+    # apply_model, which loading's probes call the forward through, moved here from data
+    "hesscli.batches": "loading (reading the data)",
     "hesscli.loading.losses": "loading (the loss on the first samples)",
 }
 

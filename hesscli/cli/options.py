@@ -15,9 +15,8 @@ from typing import Annotated, Any, Literal
 
 import typer
 
-from hesscli.loading.config import SETTING_TYPES
-from hesscli.loading.guard import refuse_special_inputs
-from hesscli.runs.prepare import Request
+from hesscli.runs.files import refuse_special_inputs
+from hesscli.runs.prepare import SETTING_TYPES, Request
 
 _INPUT = "Inputs"
 _COMPUTE = "Computation"

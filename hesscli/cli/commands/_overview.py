@@ -11,8 +11,8 @@ from hesscli.cli.output import is_main_rank, stderr_console
 from hesscli.cli.render.overview_tables import plan_line
 from hesscli.cli.render.plots import PlotUnavailable, supported_formats
 from hesscli.errors import ConfigError
-from hesscli.loading.guard import check_outputs_differ, refuse_to_overwrite
 from hesscli.results import Plan, Report
+from hesscli.runs.files import check_outputs_differ, refuse_to_overwrite
 
 NO_MATPLOTLIB = (
     "hesscli: note: --plot needs matplotlib; install it with pip install 'hesscli[plot]'"

@@ -13,9 +13,9 @@ from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.overview_tables import check_renderable
-from hesscli.loading.guard import refuse_to_overwrite
 from hesscli.results import CheckResults
 from hesscli.runs.check import Thresholds, run_check
+from hesscli.runs.files import refuse_to_overwrite
 from hesscli.runs.report import ReportSettings
 
 _PANEL = "Thresholds"

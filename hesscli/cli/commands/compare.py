@@ -14,8 +14,8 @@ from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.overview_tables import compare_renderable
 from hesscli.cli.render.plots import trajectory_plot
-from hesscli.loading.guard import refuse_to_overwrite
 from hesscli.runs.compare import run_compare
+from hesscli.runs.files import refuse_to_overwrite
 from hesscli.runs.report import ReportSettings
 
 

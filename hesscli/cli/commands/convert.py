@@ -11,9 +11,9 @@ from rich.text import Text
 from hesscli.cli import options as opt
 from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit, stderr_console
-from hesscli.loading.guard import refuse_to_overwrite
 from hesscli.results import ConvertResults, Report
 from hesscli.runs.convert import run_convert
+from hesscli.runs.files import refuse_to_overwrite
 
 Destination = Annotated[
     Path,

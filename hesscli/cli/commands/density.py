@@ -13,8 +13,8 @@ from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.overview_tables import density_renderable
 from hesscli.cli.render.plots import density_plot
-from hesscli.loading.guard import refuse_to_overwrite
 from hesscli.runs.density import run_density
+from hesscli.runs.files import refuse_to_overwrite
 
 
 def density(

@@ -11,8 +11,8 @@ from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.curvature_tables import diag_renderable
-from hesscli.loading.guard import refuse_to_overwrite
 from hesscli.runs.diag import run_diag
+from hesscli.runs.files import refuse_to_overwrite
 
 _PANEL = "Diagonal"
 

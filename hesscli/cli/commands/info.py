@@ -6,7 +6,7 @@ from hesscli.cli import options as opt
 from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit, stderr_console
 from hesscli.cli.render.info_table import info_renderable
-from hesscli.loading.guard import refuse_to_overwrite
+from hesscli.runs.files import refuse_to_overwrite
 from hesscli.runs.info import run_info
 
 

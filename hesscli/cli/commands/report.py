@@ -9,7 +9,7 @@ from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.overview_tables import report_renderable
 from hesscli.cli.render.plots import density_plot
-from hesscli.loading.guard import refuse_to_overwrite
+from hesscli.runs.files import refuse_to_overwrite
 from hesscli.runs.report import ReportSettings, run_report
 
 

@@ -11,7 +11,7 @@ from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.curvature_tables import spectrum_renderable
-from hesscli.loading.guard import refuse_to_overwrite
+from hesscli.runs.files import refuse_to_overwrite
 from hesscli.runs.spectrum import run_spectrum
 
 _PANEL = "Spectrum"
