@@ -9,7 +9,7 @@ freed memory is kept for reuse, at 9 % more peak memory.
 
 So the operator asks glibc (once per process, :func:`keep_freed_memory`) to serve large blocks
 from the heap and not to give its top back on every free, and trims after a pass only when the
-resident memory has grown by a quarter over what it was after the first pass
+resident memory has grown by a tenth over what it was after the first pass
 (:class:`HeapTrimmer`): fragmentation stays bounded without paying the faults every pass. Off
 glibc all of this does nothing.
 """
@@ -31,7 +31,7 @@ TRIM_THRESHOLD = 1 << 34
 #: Extra heap requested with each growth, so that growing is rare.
 TOP_PAD = 64 << 20
 #: Resident growth over the first pass's that makes :class:`HeapTrimmer` trim.
-GROWTH = 1.25
+GROWTH = 1.1
 
 
 @functools.cache
