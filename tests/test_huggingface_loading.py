@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jsonschema
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -28,6 +29,7 @@ from transformers import (
 )
 
 from tests.conftest import SAMPLES, tree_digest
+from tests.test_schemas import load_schema
 
 BERT = SAMPLES / "hf_bert"
 GPT2 = SAMPLES / "hf_gpt2"
@@ -106,8 +108,15 @@ def test_sharded_and_bin_folders_give_identical_numbers(cli, tmp_path, gpt2_data
         folder.name: _ok(cli("info", str(folder), "--data", str(gpt2_data), "--json"))
         for folder in (sharded, legacy)
     }
-    assert "shards" in formats["sharded"]["results"]["checkpoint"]["format"]
-    assert "pytorch_model.bin" in formats["legacy"]["results"]["checkpoint"]["format"]
+    sharded_checkpoint = formats["sharded"]["results"]["checkpoint"]
+    legacy_checkpoint = formats["legacy"]["results"]["checkpoint"]
+    assert sharded_checkpoint["format"] == "huggingface-safetensors"
+    assert "shards" in sharded_checkpoint["container"]
+    assert legacy_checkpoint["format"] == "huggingface-torch-zip"
+    assert "pytorch_model.bin" in legacy_checkpoint["container"]
+    schema = load_schema("info")["properties"]["results"]["properties"]["checkpoint"]
+    for checkpoint in (sharded_checkpoint, legacy_checkpoint):
+        jsonschema.validate(checkpoint, schema)  # the formats are part of the JSON contract
 
 
 def test_layer_names_are_the_models_own_and_globs_select_them(cli, bert_data) -> None:

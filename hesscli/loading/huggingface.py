@@ -267,11 +267,11 @@ def read_folder_weights(folder: Path) -> RawCheckpoint:
         tensors.update(raw.tensors)
         size += raw.size_bytes
         kinds.add(raw.format)
-    shards = f", {len(files)} shards" if len(files) > 1 else ""
-    fmt = f"huggingface folder ({found}{shards})"
-    if len(kinds) > 1:  # pragma: no cover - save_pretrained writes one format
-        fmt += f" [{', '.join(sorted(kinds))}]"
-    return RawCheckpoint(folder, fmt, size, tensors)
+    # The format is one of the info schema's; which files held the weights is the container.
+    shards = f" ({len(files)} shards)" if len(files) > 1 else ""
+    return RawCheckpoint(
+        folder, f"huggingface-{min(kinds)}", size, tensors, container=found + shards
+    )
 
 
 def leave_out_obsolete(

@@ -71,10 +71,13 @@ def _checkpoint(report: Report) -> FitTable:
         ("format", f"{info.format}, {decimal(info.size_bytes)}, {info.tensors} tensors"),
         ("keys", match),
     ]
-    if info.format.startswith("huggingface"):  # built from its config.json: say what was built
+    folder = info.format.startswith("huggingface")
+    if folder:  # built from its config.json: say what was built, and from which files
         rows.append(("built", report.inputs.model))
     if info.container:
-        rows.append(("nested under", repr(info.container)))
+        rows.append(
+            ("weights from", info.container) if folder else ("nested under", repr(info.container))
+        )
     if info.prefix:
         rows.append(("prefix", info.prefix))
     if info.ignored_entries:
