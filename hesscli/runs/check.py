@@ -20,27 +20,15 @@ from pathlib import Path
 from typing import Any
 
 from hesscli.errors import ConfigError
-from hesscli.results import (
-    CheckItem,
-    CheckResults,
-    Eigenvalue,
-    LayerSummary,
-    Report,
-    Summary,
-)
-from hesscli.runs.prepare import (
-    Request,
-    prepare,
-    report_for,
-)
+from hesscli.results import CheckItem, CheckResults, Eigenvalue, LayerSummary, Report, Summary
+from hesscli.runs.envelope import report_for
+from hesscli.runs.prepare import Request, prepare
 from hesscli.runs.progress import Announce, Progress, quiet, silent
 from hesscli.runs.report import DEFAULTS, ReportSettings, check_report_settings, report_options
 from hesscli.runs.report import measure as measure_all
 
 #: Two-sided 95 % normal quantile: the noise a stochastic value is granted.
 Z95 = 1.959964
-
-
 #: Baseline tolerances apply to at least this fraction of the baseline's λmax.
 FLOOR = 1e-3
 

@@ -10,18 +10,9 @@ import time
 from dataclasses import replace
 
 from hesscli.errors import ConfigError
-from hesscli.results import (
-    Checkpoint,
-    CompareResults,
-    Cost,
-    Report,
-)
-from hesscli.runs.prepare import (
-    Prepared,
-    Request,
-    prepare,
-    report_for,
-)
+from hesscli.results import Checkpoint, CompareResults, Cost, Report
+from hesscli.runs.envelope import report_for
+from hesscli.runs.prepare import Prepared, Request, prepare
 from hesscli.runs.progress import Announce, Progress, quiet, silent
 from hesscli.runs.report import (
     DEFAULTS,

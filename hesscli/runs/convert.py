@@ -22,17 +22,9 @@ from hesscli.loading.imports import absolute_path, looks_like_spec, parse_spec
 from hesscli.loading.losses import BUILTIN_LOSSES
 from hesscli.loading.model_spec import parse_model_kwargs
 from hesscli.loading.problem import load_problem, problem_files
-from hesscli.results import (
-    ConvertResults,
-    Cost,
-    Report,
-    RunSettings,
-)
-from hesscli.runs.prepare import (
-    Request,
-    dtype_name,
-    run_inputs,
-)
+from hesscli.results import ConvertResults, Cost, Report, RunSettings
+from hesscli.runs.envelope import dtype_name, run_inputs
+from hesscli.runs.prepare import Request
 
 
 def _stored(setting: Sourced, out_dir: Path) -> str | None:

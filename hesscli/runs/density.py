@@ -20,23 +20,12 @@ from hesscli.algorithms.density import (
     smoothed,
     span,
 )
-from hesscli.algorithms.eigen import (
-    eigenvalue_errors,
-    extremes_of,
-)
+from hesscli.algorithms.eigen import eigenvalue_errors, extremes_of
 from hesscli.algorithms.lockstep import Member, advance_together
-from hesscli.algorithms.trace import (
-    t_quantile_975,
-)
+from hesscli.algorithms.trace import t_quantile_975
 from hesscli.errors import ConfigError
-from hesscli.results import (
-    Density,
-    DensityResults,
-    Eigenvalue,
-    Mass,
-    Report,
-    Trace,
-)
+from hesscli.results import Density, DensityResults, Eigenvalue, Mass, Report, Trace
+from hesscli.runs.envelope import report_for
 from hesscli.runs.outcomes import cost_of, eigenvalues_of, engine_of
 from hesscli.runs.plans import (
     LARGE_MODEL,
@@ -46,18 +35,11 @@ from hesscli.runs.plans import (
     require_positive,
     seeded_generator,
 )
-from hesscli.runs.prepare import (
-    Request,
-    operator_for,
-    prepare,
-    report_for,
-)
+from hesscli.runs.prepare import Request, operator_for, prepare
 from hesscli.runs.progress import Progress, quiet
 
 #: ``significant_negative_mass`` counts eigenvalues below −this × the largest Ritz value.
 SIGNIFICANT = 0.01
-
-
 #: Default (probes, Lanczos steps) of the density, for small and for large models.
 DENSITY_DEFAULTS = {False: (8, 80), True: (4, 40)}
 

@@ -14,20 +14,13 @@ import numpy as np
 import torch
 
 from hesscli.algorithms.diagonal import MIN_PROBES, diagonal_stats, estimate_diagonal
-from hesscli.algorithms.trace import (
-    traces_from_probes,
-)
+from hesscli.algorithms.trace import traces_from_probes
 from hesscli.engine.diagonal import exact_diagonal
 from hesscli.engine.layout import Block
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.errors import ConfigError
-from hesscli.results import (
-    DiagonalEntry,
-    DiagonalResults,
-    DiagonalSummary,
-    Report,
-    Trace,
-)
+from hesscli.results import DiagonalEntry, DiagonalResults, DiagonalSummary, Report, Trace
+from hesscli.runs.envelope import report_for
 from hesscli.runs.outcomes import cost_of, engine_of, trace_of
 from hesscli.runs.plans import (
     LARGE_MODEL,
@@ -36,12 +29,7 @@ from hesscli.runs.plans import (
     require_positive,
     seeded_generator,
 )
-from hesscli.runs.prepare import (
-    Request,
-    operator_for,
-    prepare,
-    report_for,
-)
+from hesscli.runs.prepare import Request, operator_for, prepare
 from hesscli.runs.progress import Progress, quiet
 
 #: ``diag`` in auto mode: unit columns all layers together may spend (and output-space products
@@ -49,8 +37,6 @@ from hesscli.runs.progress import Progress, quiet
 #: model below :data:`LARGE_MODEL` parameters. On a larger one a product costs seconds, so
 #: layers without a fast exact route are estimated (``--exact`` still forces it).
 UNIT_COLUMNS_LIMIT = 4096
-
-
 #: Default Diag++ products (shared by every estimated layer), small and large models.
 DIAG_PRODUCTS = {False: 300, True: 150}
 

@@ -25,12 +25,8 @@ from hesscli.results import (
     Report,
     TensorInfo,
 )
-from hesscli.runs.prepare import (
-    Request,
-    dtype_name,
-    prepare,
-    report_for,
-)
+from hesscli.runs.envelope import dtype_name, report_for
+from hesscli.runs.prepare import Request, prepare
 
 
 def _tensor_info(name: str, tensors: list[torch.Tensor]) -> TensorInfo:

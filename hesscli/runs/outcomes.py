@@ -8,19 +8,10 @@ from __future__ import annotations
 
 import time
 
-from hesscli.algorithms.eigen import (
-    Eigenpair,
-)
-from hesscli.algorithms.trace import (
-    TraceEstimate,
-)
+from hesscli.algorithms.eigen import Eigenpair
+from hesscli.algorithms.trace import TraceEstimate
 from hesscli.engine.operator import CurvatureOperator
-from hesscli.results import (
-    Cost,
-    Eigenvalue,
-    Engine,
-    Trace,
-)
+from hesscli.results import Cost, Eigenvalue, Engine, Trace
 
 
 def engine_of(op: CurvatureOperator) -> Engine:

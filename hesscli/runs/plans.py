@@ -21,31 +21,19 @@ from hesscli.engine.operator import CurvatureOperator
 from hesscli.errors import ConfigError, MemoryLimitError
 
 log = logging.getLogger("hesscli")
-
-
 #: Default tolerance on an eigenvalue's error relative to ‖C‖, by dtype (≈ what its products
 #: allow). A value in a cluster, where no gap sharpens the estimate, needs its residual this
 #: small; a separated one is usually far more accurate than its estimate says.
 TOLERANCE = {torch.float64: 1e-8, torch.float32: 1e-4}
-
-
 #: Below −tol·‖C‖ an eigenvalue counts as negative (density's negative mass), by dtype.
 ZERO_TOLERANCE = {torch.float64: 1e-7, torch.float32: 1e-4}
-
-
 #: Lanczos steps at most, unless ``--max-steps`` says otherwise.
 MAX_STEPS = 300
-
-
 #: Keep Lanczos products (exact residuals for free) while they fit in this many bytes.
 KEEP_PRODUCTS_BYTES = 1 << 30
-
-
 #: From this many parameters on a model is of real size: defaults that would take hours there
 #: (unit columns, 8 × 80 density probes, 300 Diag++ products) shrink to minutes on a CPU.
 LARGE_MODEL = 1_000_000
-
-
 #: Probes per data pass of the trace and diagonal estimates (fewer when memory is short).
 PROBE_BATCH = 8
 

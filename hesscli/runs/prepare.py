@@ -2,8 +2,8 @@
 
 :func:`prepare` loads and checks the problem (model, checkpoint, data, loss), selects layers and
 moves the model to its device and dtype; :func:`operator_for` builds the curvature operator
-inside the memory plan; :func:`report_for` wraps a command's results in the JSON envelope of
-DESIGN.md. :func:`curvature_operator` is the same path for notebooks and scripts
+inside the memory plan (:mod:`hesscli.runs.envelope` then wraps a command's results in the JSON
+envelope of DESIGN.md). :func:`curvature_operator` is the same path for notebooks and scripts
 (``hesscli.curvature_operator``). No printing.
 """
 
@@ -17,7 +17,6 @@ from typing import Any
 
 import torch
 
-from hesscli import __version__
 from hesscli.batches import Dataset
 from hesscli.engine.device import resolve_device, resolve_dtype
 from hesscli.engine.distributed import Group, join, shard, weighting_for
@@ -25,24 +24,13 @@ from hesscli.engine.functional import DEFAULT_MICRO_BATCH, prepare_model
 from hesscli.engine.memory import automatic_budget, parse_size
 from hesscli.engine.operator import DEFAULT_CHUNK, CurvatureOperator
 from hesscli.engine.params import Layer, select_layers
-from hesscli.engine.precision import matmul_precision, tf32_used
 from hesscli.engine.routes import METHODS
 from hesscli.engine.weighting import Weighting
 from hesscli.errors import ConfigError, LayerError
 from hesscli.loading.additivity import check_additive
 from hesscli.loading.config import SETTING_TYPES, ConfigFile, Sourced
 from hesscli.loading.losses import resolve_normalisation
-from hesscli.loading.problem import Problem, load_problem, problem_files, resolve_settings
-from hesscli.results import (
-    Cost,
-    MemoryUse,
-    Normalisation,
-    Parallelism,
-    Precision,
-    Report,
-    RunInputs,
-    RunSettings,
-)
+from hesscli.loading.problem import Problem, load_problem, resolve_settings
 
 CURVATURES = ("hessian", "ggn")
 
@@ -76,70 +64,11 @@ class Request:
         )
 
 
-def dtype_name(dtype: torch.dtype) -> str:
-    """``torch.float64`` → ``float64``, as the JSON names dtypes."""
-    return str(dtype).removeprefix("torch.")
-
-
 def _positive(setting: Sourced, option: str) -> int | None:
     value = setting.value
     if value is not None and int(value) < 1:
         raise ConfigError(f"{option} must be at least 1, got {value}", f"pass a positive {option}")
     return None if value is None else int(value)
-
-
-def report_for(
-    command: str,
-    prepared: Prepared,
-    results: Any,
-    cost: Cost,
-    options: dict[str, object] | None = None,
-) -> Report:
-    """The envelope of DESIGN.md around a command's results."""
-    problem, settings, config = prepared.problem, prepared.settings, prepared.config
-    op = prepared.operators[-1] if prepared.operators else None
-    plan = op.memory if op is not None else None
-    weighting, group = prepared.weighting, prepared.group
-    return Report(
-        command=command,
-        inputs=run_inputs(problem, prepared.layers, config),
-        settings=RunSettings(
-            curvature=str(settings["curvature"].value).lower(),
-            device=str(prepared.device),
-            dtype=dtype_name(prepared.dtype),
-            seed=settings["seed"].value,
-            micro_batch=op.micro_batch if op is not None else prepared.micro_batch,
-            max_samples=settings["max_samples"].value,
-            train_mode=bool(settings["train_mode"].value),
-            sources={k: v.source for k, v in sorted(settings.items()) if v.value is not None},
-            options=dict(options or {}),
-            normalisation=Normalisation(
-                weighting.kind,
-                weighting.total,
-                weighting.samples,
-                weighting.describe(),
-                prepared.normalisation_reason,
-            ),
-            chunk_size=op.chunk_size if op is not None else None,
-            memory=None
-            if plan is None
-            else MemoryUse(
-                plan.budget, plan.source, plan.estimate, plan.sample_bytes, plan.reserve
-            ),
-            distributed=Parallelism(group.world_size, group.backend, prepared.shards)
-            if group.active
-            else None,
-            precision=Precision(
-                prepared.allow_tf32,
-                tf32_used(prepared.allow_tf32, prepared.device, prepared.dtype),
-                matmul_precision(prepared.allow_tf32),
-            ),
-        ),
-        results=results,
-        cost=cost,
-        hesscli_version=__version__,
-        input_files=problem_files(problem, config),
-    )
 
 
 @dataclass(frozen=True)
@@ -348,19 +277,3 @@ def curvature_operator(
         trust_pickle=trust_pickle,
     )
     return operator_for(prepare(request, layer_patterns=layers))
-
-
-def run_inputs(problem: Problem, layers: list[Layer], config: ConfigFile | None) -> RunInputs:
-    """The envelope's ``inputs``: files, samples, parameters and layers of the run."""
-    params = list(problem.model.parameters())
-    return RunInputs(
-        checkpoint=str(problem.checkpoint.path),
-        model=problem.model_label,
-        data=problem.dataset.source,
-        loss=problem.loss.name,
-        samples=problem.dataset.num_samples,  # every rank's, before sharding
-        parameters=sum(p.numel() for p in params),
-        trainable_parameters=sum(p.numel() for p in params if p.requires_grad),
-        layers=[layer.name for layer in layers],
-        config=str(config.path) if config is not None else None,
-    )

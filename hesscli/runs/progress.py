@@ -12,9 +12,7 @@ from collections.abc import Callable
 
 from hesscli.engine.memory import format_size
 from hesscli.engine.operator import CurvatureOperator
-from hesscli.results import (
-    Plan,
-)
+from hesscli.results import Plan
 
 log = logging.getLogger("hesscli")
 #: ``progress(description, done, total)``: a step of a long loop is done.
@@ -22,8 +20,6 @@ Progress = Callable[[str, int, int], None]
 
 #: ``announce(plan)``: what ``report`` will spend, once its first pass is timed.
 Announce = Callable[[Plan], None]
-
-
 #: A loop predicted to take longer than this many seconds announces its plan.
 LONG_RUN_SECONDS = 10.0
 

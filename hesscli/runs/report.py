@@ -13,25 +13,15 @@ import math
 import time
 from dataclasses import dataclass, replace
 
-from hesscli.algorithms.density import (
-    DensitySearch,
-)
-from hesscli.algorithms.eigen import (
-    ExtremeSearch,
-)
+from hesscli.algorithms.density import DensitySearch
+from hesscli.algorithms.eigen import ExtremeSearch
 from hesscli.algorithms.lockstep import Member, advance_together
 from hesscli.engine.diagonal import COLUMNS, has_fast_route
 from hesscli.engine.operator import CurvatureOperator
-from hesscli.results import (
-    Cost,
-    LayerSummary,
-    Plan,
-    Report,
-    ReportResults,
-    Summary,
-)
+from hesscli.results import Cost, LayerSummary, Plan, Report, ReportResults, Summary
 from hesscli.runs.density import check_density_options, density_of, density_sizes
 from hesscli.runs.diag import diag_products_for, layer_diagonals, unit_column_budget
+from hesscli.runs.envelope import report_for
 from hesscli.runs.flags import layer_flags, model_flags
 from hesscli.runs.outcomes import cost_of, eigenvalues_of, engine_of
 from hesscli.runs.plans import (
@@ -44,13 +34,7 @@ from hesscli.runs.plans import (
     require_positive,
     seeded_generator,
 )
-from hesscli.runs.prepare import (
-    Prepared,
-    Request,
-    operator_for,
-    prepare,
-    report_for,
-)
+from hesscli.runs.prepare import Prepared, Request, operator_for, prepare
 from hesscli.runs.progress import Announce, Progress, quiet, silent
 
 #: ``report`` on a large model: Lanczos steps at most of the per-layer eigenvalue runs, which

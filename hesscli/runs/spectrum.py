@@ -9,30 +9,13 @@ from __future__ import annotations
 
 import time
 
-from hesscli.algorithms.eigen import (
-    Extremes,
-    extreme_eigenvalues,
-)
+from hesscli.algorithms.eigen import Extremes, extreme_eigenvalues
 from hesscli.errors import ConfigError
-from hesscli.results import (
-    Report,
-    Spectrum,
-    SpectrumResults,
-)
+from hesscli.results import Report, Spectrum, SpectrumResults
+from hesscli.runs.envelope import report_for
 from hesscli.runs.outcomes import cost_of, eigenvalues_of, engine_of
-from hesscli.runs.plans import (
-    MAX_STEPS,
-    TOLERANCE,
-    basis_plan,
-    require_positive,
-    seeded_generator,
-)
-from hesscli.runs.prepare import (
-    Request,
-    operator_for,
-    prepare,
-    report_for,
-)
+from hesscli.runs.plans import MAX_STEPS, TOLERANCE, basis_plan, require_positive, seeded_generator
+from hesscli.runs.prepare import Request, operator_for, prepare
 from hesscli.runs.progress import Progress, planned, quiet
 
 

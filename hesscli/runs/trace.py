@@ -10,40 +10,20 @@ import time
 
 import torch
 
-from hesscli.algorithms.trace import (
-    TraceEstimate,
-    estimate_trace,
-    traces_from_diagonal,
-)
+from hesscli.algorithms.trace import TraceEstimate, estimate_trace, traces_from_diagonal
 from hesscli.engine.diagonal import exact_diagonal, has_fast_route
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.errors import ConfigError
-from hesscli.results import (
-    Report,
-    TraceResults,
-)
+from hesscli.results import Report, TraceResults
+from hesscli.runs.envelope import report_for
 from hesscli.runs.outcomes import cost_of, engine_of, trace_of
-from hesscli.runs.plans import (
-    PROBE_BATCH,
-    probing_sizes,
-    require_positive,
-    seeded_generator,
-)
-from hesscli.runs.prepare import (
-    Request,
-    operator_for,
-    prepare,
-    report_for,
-)
+from hesscli.runs.plans import PROBE_BATCH, probing_sizes, require_positive, seeded_generator
+from hesscli.runs.prepare import Request, operator_for, prepare
 from hesscli.runs.progress import Progress, quiet
 
 TRACE_METHODS = ("auto", "exact", "hutch++", "hutchinson")
-
-
 #: ``trace``: without a budget, exact below this many parameters.
 EXACT_TRACE_PARAMETERS = 64
-
-
 #: ``trace``: products at most when the user gives no budget (the target may stop it sooner).
 #: About 200 gradients' worth: minutes on a 22M-parameter transformer on a 2-core CPU, with a
 #: standard error reported; ``--products`` buys more.
