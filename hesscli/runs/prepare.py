@@ -1,4 +1,4 @@
-"""Request → problem → operator → envelope: what every command does around its algorithm.
+"""Request → problem → operator: what every command does before its algorithm runs.
 
 :func:`prepare` loads and checks the problem (model, checkpoint, data, loss), selects layers and
 moves the model to its device and dtype; :func:`operator_for` builds the curvature operator
