@@ -295,8 +295,14 @@ class CurvatureOperator:
             return None
         if self.route is None:
             _, part, _ = next(iter(micro_batches(self.dataset, self.micro_batch, self.weighting)))
-            with float32_precision(self.allow_tf32), math_attention():
-                self._apply(0, part)
+            try:
+                with float32_precision(self.allow_tf32), math_attention():
+                    self._apply(0, part)
+            except (RuntimeError, MemoryError) as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                self.release()  # the first pass meets it again, and shrinks (see _pass)
+                return None
         gradient, self._gradient = self._gradient, None
         if gradient is None:
             return None

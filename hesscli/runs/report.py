@@ -147,11 +147,13 @@ def measure(
         "keep_products": basis.keep_products,
         "max_basis": basis.max_basis,
     }
+    hint = op.free_gradient()  # as spectrum: the same start, the same eigenvalues
     whole = ExtremeSearch(
         op.matmat,
         op.size,
         max_steps=limit,
         generator=seeded_generator(seed),
+        hint=hint,
         **common,
     )
     per_layer = ExtremeSearch(
@@ -160,6 +162,7 @@ def measure(
         max_steps=layer_limit,
         blocks=bounds,
         generator=seeded_generator(seed),
+        hint=hint,
         **common,
     )
     probes = DensitySearch(

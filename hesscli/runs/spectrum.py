@@ -64,13 +64,15 @@ def run_spectrum(
         "keep_products": basis.keep_products,
         "max_basis": basis.max_basis,
     }
+    # Starts near the top eigenvectors of a trained network, when the gradient is free.
+    hint = op.free_gradient()
     (whole,) = extreme_eigenvalues(
         op.matmat,
         op.size,
         max_steps=limit,
         generator=seeded_generator(seed),
         on_step=planned(op, progress, "Lanczos (all selected layers)", limit, 1),
-        hint=op.free_gradient(),  # starts near the top eigenvectors of a trained network
+        hint=hint,
         **common,
     )
     layers: dict[str, Spectrum] = {}
@@ -82,6 +84,7 @@ def run_spectrum(
             op.size,
             max_steps=steps,
             blocks=[(b.start, b.stop) for b in blocks],
+            hint=hint,
             generator=seeded_generator(seed),
             on_step=planned(op, progress, "Lanczos (every layer at once)", steps, len(blocks)),
             **common,
