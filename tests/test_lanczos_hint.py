@@ -87,3 +87,15 @@ def test_a_hint_blind_to_the_top_eigenvector_still_finds_it():
     blind = q[:, :-1] @ torch.ones(a.shape[0] - 1, dtype=F64)  # orthogonal to the top one
     value, _ = _search(a, blind)
     assert abs(value - 1.05) < 1e-9
+
+
+@pytest.mark.parametrize("micro_batch", [1, 3])
+def test_start_gradient_is_the_same_for_every_split(micro_batch):
+    """Split or not, the start (and so the eigenvalues) depend on the data, not on the split."""
+    whole = _operator("mlp-tanh/cross_entropy").start_gradient()
+    split = _operator("mlp-tanh/cross_entropy", micro_batch=micro_batch)
+    assert split.num_micro_batches > 1
+    parts = split.start_gradient()
+    assert whole is not None
+    assert parts is not None
+    assert dense.relative(parts, whole) < 1e-14

@@ -308,6 +308,43 @@ class CurvatureOperator:
             return None
         return self.layout.flatten({n: g[None] for n, g in gradient.items()})[:, 0]
 
+    def start_gradient(self) -> torch.Tensor | None:
+        """∇L as a ``(P,)`` vector, for starting Lanczos: free when it can be, else one pass.
+
+        Free (:meth:`free_gradient`) with one micro-batch on one process; otherwise one forward
+        and backward pass over this rank's micro-batches, weighted as the products are and
+        summed over the ranks. Every split of the data and every number of ranks thus gives
+        the same vector up to round-off, so the eigenvalues that start from it do not depend
+        on ``--micro-batch`` or torchrun. None if the pass runs out of memory.
+        """
+        free = self.free_gradient()
+        if free is not None:
+            return free
+        total = torch.zeros(self.size, device=self.device, dtype=self.dtype)
+        start = time.perf_counter()
+        parts = micro_batches(self.dataset, self.micro_batch, self.weighting)
+        try:
+            with float32_precision(self.allow_tf32), math_attention():
+                for _, part, weight in parts:
+                    mb = self._micro_batch_loss(part)
+                    names = list(mb.variables)
+                    leaves = [mb.variables[n].detach().requires_grad_(True) for n in names]
+                    loss = mb.loss(dict(zip(names, leaves, strict=True)))
+                    pieces = torch.autograd.grad(loss, leaves, allow_unused=True)
+                    alpha = weight if self.reduction == "mean" else 1.0
+                    found = dict(zip(names, pieces, strict=True))
+                    for name, rows in self._rows(None, total[:, None]):
+                        if found[name] is not None:
+                            rows[:, 0].add_(found[name].reshape(-1), alpha=alpha)
+        except (RuntimeError, MemoryError) as exc:
+            if not is_out_of_memory(exc):
+                raise
+            return None
+        self.group.sum_(total)
+        self.counters.data_passes += 1
+        self.counters.seconds += time.perf_counter() - start
+        return total
+
     def dense(self, *, columns_per_pass: int = 256) -> torch.Tensor:
         """The whole ``(P, P)`` matrix, column blocks at a time (for small models and tests)."""
         eye = torch.eye(self.size, device=self.device, dtype=self.dtype)

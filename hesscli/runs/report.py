@@ -147,7 +147,7 @@ def measure(
         "keep_products": basis.keep_products,
         "max_basis": basis.max_basis,
     }
-    hint = op.free_gradient()  # as spectrum: the same start, the same eigenvalues
+    hint = op.start_gradient()  # as spectrum: the same start, the same eigenvalues
     whole = ExtremeSearch(
         op.matmat,
         op.size,

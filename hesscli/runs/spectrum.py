@@ -65,7 +65,7 @@ def run_spectrum(
         "max_basis": basis.max_basis,
     }
     # Starts near the top eigenvectors of a trained network, when the gradient is free.
-    hint = op.free_gradient()
+    hint = op.start_gradient()
     (whole,) = extreme_eigenvalues(
         op.matmat,
         op.size,
