@@ -66,8 +66,14 @@ def planned(
 
 
 def planned_bytes(op: CurvatureOperator) -> str:
-    """``≈2.1 GiB of memory (8 GiB budget)``: the products' peak and the algorithm's vectors."""
+    """``≈2.1 GiB for the products, up to 0.5 GiB more for the algorithm's vectors (8 GiB …)``.
+
+    The products' peak is a prediction; the algorithm's share is a bound, said as one: a
+    Lanczos basis grows with its steps, which a run that converges early never takes.
+    """
     if op.memory is None:
         return "memory not planned"
-    held = op.memory.estimate + op.memory.reserve
-    return f"≈{format_size(held)} of memory ({format_size(op.memory.budget)} budget)"
+    text = f"≈{format_size(op.memory.estimate)} for the products"
+    if op.memory.reserve:
+        text += f", up to {format_size(op.memory.reserve)} more for the algorithm's vectors"
+    return f"{text} ({format_size(op.memory.budget)} budget)"
