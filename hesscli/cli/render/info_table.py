@@ -13,7 +13,8 @@ from hesscli.results import Report
 
 
 def _shape(shape: list[int]) -> str:
-    return "(" + ", ".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
+    """``(92,32)``: no space inside, so a narrow table never wraps a shape between its numbers."""
+    return "(" + ",".join(map(str, shape)) + ("," if len(shape) == 1 else "") + ")"
 
 
 def _path(text: str) -> str:
