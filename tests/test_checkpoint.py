@@ -12,12 +12,12 @@ from torch import nn
 from hesscli.errors import CheckpointError
 from hesscli.loading.checkpoint import (
     load_into,
-    match_keys,
     read_checkpoint,
     read_metadata,
     sniff_format,
     write_safetensors,
 )
+from hesscli.loading.keys import match_keys
 
 
 class Net(nn.Module):

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from hesscli.errors import CheckpointError
-from hesscli.loading.checkpoint import load_into, match_keys, read_checkpoint
+from hesscli.loading.checkpoint import load_into, read_checkpoint
+from hesscli.loading.keys import match_keys
 
 MODEL_PY = textwrap.dedent(
     """

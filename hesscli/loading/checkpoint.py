@@ -1,28 +1,23 @@
-"""Read checkpoints, match them to a model, and write self-describing ``.safetensors`` files.
+"""Read checkpoints, load them into a model, and write self-describing ``.safetensors`` files.
 
 Reads ``.safetensors`` and ``.pt``/``.pth``/``.bin``/``.ckpt`` files.
 A checkpoint's format is sniffed from its first bytes rather than trusted from its extension.
-PyTorch files are read with ``weights_only=True``, which also lets numpy scalars and dtypes
-through (training loops save metrics such as ``best_acc: np.float64``); a full pickled
-``nn.Module`` is only unpickled when the caller passes ``trust_pickle=True``, because unpickling
-runs arbitrary code.
+PyTorch files are unpickled safely by :mod:`hesscli.loading.torch_pickle`; the state dict is then
+found inside whatever training-loop container holds it.
 
 Real training checkpoints hold more than the model: an epoch counter, optimizer states, a loss
-buffer, a teacher network. Matching is strict by default (every checkpoint tensor must have a
-place in the model); ``strict=False`` ignores the tensors the model has no place for, and
-``checkpoint_prefix`` selects the keys of one submodule (``student.``). Whatever is not loaded
-is listed — in :class:`RawCheckpoint.ignored` (entries beside the state dict) and
-:class:`KeyReport.ignored` (tensors left out) — and logged, never dropped silently. Missing or
-mis-shaped weights are refused in every mode: they would leave the model partly at its random
-initialisation, and every curvature number would be wrong without a sign of it.
+buffer, a teacher network. Their keys are matched to the model by :mod:`hesscli.loading.keys`.
+Whatever is not loaded is listed — in :class:`RawCheckpoint.ignored` (entries beside the state
+dict) and :class:`~hesscli.loading.keys.KeyReport.ignored` (tensors left out) — and logged, never
+dropped silently. Missing or mis-shaped weights are refused in every mode: they would leave the
+model partly at its random initialisation, and every curvature number would be wrong without a
+sign of it.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import pickle
-import re
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -35,19 +30,15 @@ from safetensors.torch import load_file, save_model
 from torch import nn
 
 from hesscli.errors import CheckpointError, NumericalError
+from hesscli.loading.keys import KeyReport, describe_mismatch, listing, match_keys, suggest_fix
+from hesscli.loading.torch_pickle import exception_line, torch_load
 
 #: Entries under which training loops and Lightning nest the model's state dict, most likely first.
 CONTAINER_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "network")
-#: Key prefixes stripped or added to match the model: DataParallel/DDP (``module.``),
-#: ``torch.compile`` (``_orig_mod.``), and the container names as attribute names — a
-#: LightningModule holding its network as ``self.model`` or ``self.net`` saves ``net.fc.weight``.
-WRAPPER_PREFIXES = ("module.", "model.", "_orig_mod.", "net.", "network.")
 #: Key of the hesscli defaults inside a ``.safetensors`` header's metadata.
 METADATA_KEY = "hesscli"
 
 _SUFFIXES = ".safetensors, .pt, .pth, .bin, .ckpt"
-#: How many names a one-line message lists before it says ``(+N more)``.
-_LISTED = 8
 
 log = logging.getLogger("hesscli")
 
@@ -77,36 +68,6 @@ class RawCheckpoint:
     ignored: tuple[str, ...] = ()
     module: nn.Module | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class KeyReport:
-    """How a checkpoint's keys matched the model's state dict.
-
-    Attributes:
-        matched: Number of model keys loaded from the checkpoint.
-        missing: Model keys the checkpoint lacks.
-        unexpected: Checkpoint keys the model lacks.
-        mismatched: ``(key, checkpoint shape, model shape)`` for keys whose shapes differ.
-        tied: ``(alias, source)`` for tied model keys filled from their twin.
-        prefix: Wrapper prefix removed from (``-module.``) or added to (``+model.``) the keys.
-        ignored: Checkpoint tensors deliberately left out, by their names in the file: those
-            outside ``checkpoint_prefix``, and under ``strict=False`` those the model has no
-            place for (which strict matching reports as ``unexpected`` instead).
-    """
-
-    matched: int
-    missing: tuple[str, ...] = ()
-    unexpected: tuple[str, ...] = ()
-    mismatched: tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...] = ()
-    tied: tuple[tuple[str, str], ...] = ()
-    prefix: str = ""
-    ignored: tuple[str, ...] = ()
-
-    @property
-    def ok(self) -> bool:
-        """Whether every model key was filled and every checkpoint key used, shapes equal."""
-        return not (self.missing or self.unexpected or self.mismatched)
 
 
 def check_readable_file(path: Path, *, what: str, error: type[CheckpointError]) -> None:
@@ -196,80 +157,6 @@ def _try_unwrap(obj: Mapping) -> tuple[dict[str, torch.Tensor], str | None, tupl
         return None
 
 
-def _unsupported_global(message: str) -> str | None:
-    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
-    return match.group(1) if match else None
-
-
-def numpy_safe_globals() -> list[Any]:
-    """The numpy globals a weights-only load may meet in a plain metric: scalars and dtypes.
-
-    ``torch.save({"best_acc": np.float64(0.93)})`` pickles ``numpy...multiarray.scalar`` and
-    ``numpy.dtype``. Both only rebuild a number from its dtype and raw bytes; an object inside
-    (an ``object`` dtype scalar) is itself unpickled by the same weights-only unpickler, so
-    arbitrary classes stay refused. The scalar is listed under its numpy 1 and numpy 2 module
-    names, so a file written with either loads with either. Arrays are not included.
-
-    Returns:
-        Entries for ``torch.serialization.safe_globals`` (empty when numpy is absent).
-    """
-    try:
-        import numpy as np
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        return []
-    try:
-        from numpy._core.multiarray import scalar  # numpy 2
-    except ImportError:  # pragma: no cover - numpy 1
-        from numpy.core.multiarray import scalar  # type: ignore[no-redef]
-    entries: list[Any] = [
-        np.dtype,
-        (scalar, "numpy.core.multiarray.scalar"),
-        (scalar, "numpy._core.multiarray.scalar"),
-    ]
-    dtypes = getattr(np, "dtypes", None)  # numpy >= 1.25: one class per dtype
-    if dtypes is not None:
-        entries += [
-            getattr(dtypes, name)
-            for name in sorted(dir(dtypes))
-            if name.endswith("DType") and isinstance(getattr(dtypes, name), type)
-        ]
-    return entries
-
-
-def _torch_load(path: Path, *, trust_pickle: bool) -> Any:
-    try:
-        if trust_pickle:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        safe = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
-        if safe is None:  # pragma: no cover - older torch: numpy scalars need --trust-pickle
-            return torch.load(path, map_location="cpu", weights_only=True)
-        with safe(numpy_safe_globals()):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        culprit = _unsupported_global(str(exc))
-        if culprit is not None:
-            raise CheckpointError(
-                f"checkpoint {path} holds pickled Python objects ({culprit}) that a safe "
-                "weights-only load refuses",
-                "re-save it with torch.save(model.state_dict(), path), or pass --trust-pickle "
-                "if you trust the file (unpickling runs arbitrary code)",
-            ) from exc
-        raise CheckpointError(
-            f"checkpoint {path} is not a readable PyTorch file ({_first_line(exc)})",
-            "the file is corrupt or not a checkpoint; re-export it",
-        ) from exc
-    except Exception as exc:
-        raise CheckpointError(
-            f"checkpoint {path} is truncated or corrupt ({_first_line(exc)})",
-            "re-export or re-download it",
-        ) from exc
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-
-
 def read_metadata(path: Path) -> dict[str, Any]:
     """The hesscli defaults stored in a ``.safetensors`` header (empty when there are none)."""
     try:
@@ -277,7 +164,7 @@ def read_metadata(path: Path) -> dict[str, Any]:
             raw = handle.metadata() or {}
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(
-            f"checkpoint {path} has an unreadable safetensors header ({_first_line(exc)})",
+            f"checkpoint {path} has an unreadable safetensors header ({exception_line(exc)})",
             "the file is truncated or corrupt; re-export it",
         ) from exc
     text = raw.get(METADATA_KEY)
@@ -317,7 +204,7 @@ def read_checkpoint(path: Path, *, trust_pickle: bool = False) -> RawCheckpoint:
             tensors = load_file(str(path), device="cpu")
         except Exception as exc:
             raise CheckpointError(
-                f"checkpoint {path} is truncated or corrupt ({_first_line(exc)})",
+                f"checkpoint {path} is truncated or corrupt ({exception_line(exc)})",
                 "re-export or re-download it",
             ) from exc
         return RawCheckpoint(path, kind, size, dict(tensors), metadata=metadata)
@@ -331,7 +218,7 @@ def read_checkpoint(path: Path, *, trust_pickle: bool = False) -> RawCheckpoint:
             f"{path} is not a checkpoint format hesscli reads",
             f"pass a {_SUFFIXES} file written by safetensors or torch.save",
         )
-    obj = _torch_load(path, trust_pickle=trust_pickle)
+    obj = torch_load(path, trust_pickle=trust_pickle)
     if isinstance(obj, nn.Module):
         return RawCheckpoint(path, kind, size, {}, module=obj)
     if isinstance(obj, Mapping):
@@ -340,221 +227,6 @@ def read_checkpoint(path: Path, *, trust_pickle: bool = False) -> RawCheckpoint:
                 return RawCheckpoint(path, kind, size, {}, container=key, module=obj[key])
     tensors, container, ignored = unwrap_state_dict(obj)
     return RawCheckpoint(path, kind, size, tensors, container=container, ignored=ignored)
-
-
-def _tied_groups(model: nn.Module) -> dict[str, list[str]]:
-    """Map each state-dict key to the other keys that share its storage (tied weights)."""
-    state = model.state_dict(keep_vars=True)
-    by_storage: dict[tuple[int, int, tuple[int, ...]], list[str]] = {}
-    for key, value in state.items():
-        if value.numel() == 0:
-            continue
-        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape))
-        by_storage.setdefault(ident, []).append(key)
-    groups: dict[str, list[str]] = {}
-    for keys in by_storage.values():
-        for key in keys:
-            groups[key] = [k for k in keys if k != key]
-    return groups
-
-
-def _rename_keys(keys: tuple[str, ...], change: str) -> tuple[str, ...]:
-    """Apply a prefix change: ``-p`` strips ``p`` where present, ``+p`` adds it everywhere."""
-    sign, text = change[0], change[1:]
-    if sign == "-":
-        return tuple(k.removeprefix(text) for k in keys)
-    return tuple(text + k for k in keys)
-
-
-def _align(
-    keys: tuple[str, ...], model_keys: set[str], max_changes: int = 3
-) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Search the prefix changes that make the most of ``keys`` model keys.
-
-    Returns:
-        The renamed keys (in the order of ``keys``) and the changes made, shortest first.
-    """
-    best: tuple[int, tuple[str, ...], tuple[str, ...]] = (
-        len(model_keys.intersection(keys)),
-        (),
-        keys,
-    )
-    addable = [p for p in WRAPPER_PREFIXES if any(p in k for k in model_keys)]
-    frontier: list[tuple[tuple[str, ...], tuple[str, ...]]] = [((), keys)]
-    for _ in range(max_changes):
-        next_frontier = []
-        for changes, current in frontier:
-            strippable = [p for p in WRAPPER_PREFIXES if any(k.startswith(p) for k in current)]
-            for change in [f"-{p}" for p in strippable] + [f"+{p}" for p in addable]:
-                renamed = _rename_keys(current, change)
-                if len(set(renamed)) != len(renamed):  # two keys would collide
-                    continue
-                path = (*changes, change)
-                score = len(model_keys.intersection(renamed))
-                if score > best[0]:
-                    best = (score, path, renamed)
-                next_frontier.append((path, renamed))
-        frontier = next_frontier
-    return best[2], best[1]
-
-
-def align_keys(
-    tensors: dict[str, torch.Tensor], model_keys: set[str], max_changes: int = 3
-) -> tuple[dict[str, torch.Tensor], str]:
-    """Strip or add wrapper prefixes (up to ``max_changes``) to match the most model keys.
-
-    Stacked wrappers such as ``module._orig_mod.`` (DDP around ``torch.compile``) need two
-    strips before any key matches, so every sequence of changes is tried, shortest first.
-
-    Returns:
-        The renamed tensors and the prefix changes made (e.g. ``"-module."``), ``""`` if none.
-    """
-    keys = tuple(tensors)
-    renamed, changes = _align(keys, model_keys, max_changes)
-    return {new: tensors[old] for new, old in zip(renamed, keys, strict=True)}, " ".join(changes)
-
-
-def _as_prefix(text: str) -> str:
-    """``student`` or ``student.`` as the key prefix ``student.``; refuse an empty one."""
-    prefix = text.strip().rstrip(".")
-    if not prefix:
-        raise CheckpointError(
-            "--checkpoint-prefix is empty", "name the submodule to load, e.g. 'student'"
-        )
-    return prefix + "."
-
-
-def _first_components(keys: list[str]) -> list[str]:
-    """The distinct first dotted components of ``keys``, in order of first appearance."""
-    return list(dict.fromkeys(k.split(".", 1)[0] for k in keys if "." in k))
-
-
-def select_prefix(
-    tensors: dict[str, torch.Tensor], checkpoint_prefix: str
-) -> tuple[dict[str, torch.Tensor], tuple[str, ...], str]:
-    """Keep the tensors under ``checkpoint_prefix`` (the prefix removed) and name the others.
-
-    Returns:
-        The selected tensors, the keys left out (as in the file), and the change ``-prefix.``.
-
-    Raises:
-        CheckpointError: when no key starts with the prefix, listing the prefixes there are.
-    """
-    prefix = _as_prefix(checkpoint_prefix)
-    inside = {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
-    if not inside:
-        there = ", ".join(f"{c!r}" for c in _first_components(list(tensors))[:_LISTED])
-        raise CheckpointError(
-            f"no checkpoint key starts with {prefix!r} (--checkpoint-prefix)",
-            f"pass one of the prefixes the checkpoint has: {there}"
-            if there
-            else "drop --checkpoint-prefix: the checkpoint's keys have no prefix",
-        )
-    outside = tuple(k for k in tensors if not k.startswith(prefix))
-    return inside, outside, f"-{prefix}"
-
-
-def match_keys(
-    tensors: dict[str, torch.Tensor],
-    model: nn.Module,
-    *,
-    strict: bool = True,
-    checkpoint_prefix: str | None = None,
-) -> tuple[KeyReport, dict]:
-    """Compare a state dict with a model's, after aligning wrapper prefixes.
-
-    Args:
-        tensors: The checkpoint's state dict.
-        model: The model to fill.
-        strict: Report checkpoint tensors the model has no place for as ``unexpected`` (an
-            error for :func:`load_into`); when false they are ``ignored`` instead.
-        checkpoint_prefix: Use only the keys under this prefix (``student`` or ``student.``),
-            with the prefix removed; the others are ``ignored``.
-
-    Returns:
-        The report, and the aligned state dict restricted to the model's keys.
-    """
-    model_state = model.state_dict()
-    outside: tuple[str, ...] = ()
-    changes: tuple[str, ...] = ()
-    originals = tuple(tensors)
-    if checkpoint_prefix is not None:
-        selected, outside, change = select_prefix(tensors, checkpoint_prefix)
-        left_out = set(outside)
-        originals = tuple(k for k in tensors if k not in left_out)
-        changes = (change,)
-        tensors = selected
-    keys = tuple(tensors)
-    renamed, found = _align(keys, set(model_state))
-    changes += found
-    aligned = {new: tensors[old] for new, old in zip(renamed, keys, strict=True)}
-    in_file = dict(zip(renamed, originals, strict=True))  # aligned name -> name in the checkpoint
-    tied_twins = _tied_groups(model)
-    missing, tied, mismatched = [], [], []
-    for key, value in model_state.items():
-        if key in aligned:
-            got = tuple(aligned[key].shape)
-            if got != tuple(value.shape):
-                mismatched.append((key, got, tuple(value.shape)))
-            continue
-        twin = next((t for t in tied_twins.get(key, []) if t in aligned), None)
-        if twin is None:
-            missing.append(key)
-        else:
-            tied.append((key, twin))
-    extra = tuple(in_file[k] for k in aligned if k not in model_state)
-    unexpected, ignored = (extra, outside) if strict else ((), outside + extra)
-    matched = len(model_state) - len(missing) - len(mismatched)
-    report = KeyReport(
-        matched,
-        tuple(missing),
-        unexpected,
-        tuple(mismatched),
-        tuple(tied),
-        " ".join(changes),
-        ignored,
-    )
-    return report, {k: v for k, v in aligned.items() if k in model_state}
-
-
-def submodule_prefixes(tensors: Mapping[str, torch.Tensor], model: nn.Module) -> list[str]:
-    """First key components under which more of the model's keys are found than at the top.
-
-    A distillation or EMA checkpoint holds the network twice (``student.``/``teacher.``); this
-    finds such copies, best match first, to suggest ``--checkpoint-prefix``.
-    """
-    model_keys = set(model.state_dict())
-    at_top = len(model_keys.intersection(_align(tuple(tensors), model_keys)[0]))
-    scored = []
-    for first in _first_components(list(tensors)):
-        prefix = first + "."
-        inside = tuple(k.removeprefix(prefix) for k in tensors if k.startswith(prefix))
-        score = len(model_keys.intersection(_align(inside, model_keys)[0]))
-        if score > at_top:
-            scored.append((-score, first))
-    return [first for _, first in sorted(scored)]
-
-
-def _shape(shape: tuple[int, ...]) -> str:
-    return "(" + ", ".join(map(str, shape)) + ")"
-
-
-def describe_mismatch(report: KeyReport, limit: int = 8) -> str:
-    """One line listing missing, unexpected and shape-mismatched keys."""
-    parts = []
-
-    def listing(keys: list[str]) -> str:
-        more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
-        return ", ".join(keys[:limit]) + more
-
-    if report.missing:
-        parts.append(f"{len(report.missing)} missing: {listing(list(report.missing))}")
-    if report.unexpected:
-        parts.append(f"{len(report.unexpected)} unexpected: {listing(list(report.unexpected))}")
-    if report.mismatched:
-        shapes = [f"{k} {_shape(a)} vs model {_shape(b)}" for k, a, b in report.mismatched]
-        parts.append(f"{len(shapes)} wrong shape: {listing(shapes)}")
-    return "; ".join(parts)
 
 
 def check_finite_state(tensors: Mapping[str, torch.Tensor], *, where: str) -> None:
@@ -574,32 +246,6 @@ def check_finite_state(tensors: Mapping[str, torch.Tensor], *, where: str) -> No
             f"{where} contain non-finite values: {listing}",
             "the checkpoint comes from a diverged run; use an earlier checkpoint",
         )
-
-
-def listing(names: tuple[str, ...] | list[str], limit: int = _LISTED) -> str:
-    """``a, b, c (+N more)``: the first ``limit`` names on one line."""
-    more = f" (+{len(names) - limit} more)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more
-
-
-def _fit_hint(report: KeyReport, raw: RawCheckpoint, model: nn.Module, *, strict: bool) -> str:
-    """The fix to suggest when a checkpoint does not fit: the likeliest one first."""
-    if not (report.missing or report.mismatched):  # extra tensors only: strict refused them
-        return (
-            "if they are not part of the model (a loss buffer, a teacher, an EMA copy), pass "
-            "--no-strict to load the rest and list them as ignored"
-        )
-    copies = submodule_prefixes(raw.tensors, model) if report.prefix == "" else []
-    if len(copies) == 1:
-        return f"the model's weights are under {copies[0]!r}: pass --checkpoint-prefix {copies[0]}"
-    if copies:
-        names = " and ".join(f"{c!r}" for c in copies[:3])
-        return (
-            f"the checkpoint holds the model under {names}: pass --checkpoint-prefix with the "
-            "one to analyse"
-        )
-    relaxed = "" if strict else "; --no-strict ignores extra tensors, never missing weights"
-    return f"check --model and --model-kwargs match the checkpoint's architecture{relaxed}"
 
 
 def load_into(
@@ -633,7 +279,7 @@ def load_into(
     if not report.ok:
         raise CheckpointError(
             f"checkpoint {raw.path} does not fit the model: {describe_mismatch(report)}",
-            _fit_hint(report, raw, model, strict=strict),
+            suggest_fix(report, raw.tensors, model, strict=strict),
         )
     check_finite_state(state, where=f"checkpoint {raw.path.name} weights")
     model.load_state_dict(state, strict=False)

@@ -18,7 +18,6 @@ from hesscli.batches import Dataset, apply_model, input_tensors
 from hesscli.errors import CheckpointError, ConfigError, DataError, ModelSpecError
 from hesscli.loading import huggingface, outputs
 from hesscli.loading.checkpoint import (
-    KeyReport,
     RawCheckpoint,
     check_finite_state,
     load_into,
@@ -36,6 +35,7 @@ from hesscli.loading.config import (
 from hesscli.loading.data import load_data
 from hesscli.loading.guard import refuse_special_file
 from hesscli.loading.imports import absolute_path, looks_like_spec, package_file
+from hesscli.loading.keys import KeyReport
 from hesscli.loading.losses import (
     BUILTIN_LOSSES,
     Loss,
