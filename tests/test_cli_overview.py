@@ -33,7 +33,7 @@ from hesscli.cli.commands import compare as compare_command
 from hesscli.cli.commands import density as density_command
 from hesscli.cli.commands import report as report_command
 from hesscli.cli.commands._overview import NO_MATPLOTLIB
-from hesscli.cli.render import overview_tables as tables
+from hesscli.cli.render import check_tables, density_tables, report_tables
 from hesscli.cli.render.plots import PlotUnavailable, density_plot, trajectory_plot
 from hesscli.results import (
     CheckItem,
@@ -228,26 +228,26 @@ def _fits(text: str) -> str:
 # -- renderers ---------------------------------------------------------------------------------
 def test_sparkline_keeps_a_narrow_outlier_and_spans_the_grid():
     report = _density_report()
-    line = tables.sparkline(report.results.grid, report.results.density).plain
-    assert len(line) == tables.WIDTH
-    assert set(line) <= {" ", *tables.BLOCKS}
+    line = density_tables.sparkline(report.results.grid, report.results.density).plain
+    assert len(line) == density_tables.WIDTH
+    assert set(line) <= {" ", *density_tables.BLOCKS}
     assert line.count("█") >= 1
     # The outlier at λ = 45 (grid -2 … 50) is 1e-3 of the peak and 0.15 wide: still drawn.
-    column = round((OUTLIER + 2) / 52 * (tables.WIDTH - 1))
+    column = round((OUTLIER + 2) / 52 * (density_tables.WIDTH - 1))
     assert line[column - 1 : column + 2].strip(), line
     assert line[-1] == " "  # nothing near λ = 50
-    axis = tables.axis(report.results.grid).plain
+    axis = density_tables.axis(report.results.grid).plain
     assert axis.startswith("-2") and axis.endswith("50 λ") and " 0 " in axis
 
 
 def test_sparkline_of_an_empty_or_flat_density():
-    assert tables.sparkline([], []).plain == "(no density)"
-    assert tables.sparkline([0.0, 1.0], [0.0, 0.0]).plain == "  "
-    assert tables.axis([]).plain == ""
+    assert density_tables.sparkline([], []).plain == "(no density)"
+    assert density_tables.sparkline([0.0, 1.0], [0.0, 0.0]).plain == "  "
+    assert density_tables.axis([]).plain == ""
 
 
 def test_density_table():
-    text = _fits(_text(tables.density_renderable(_density_report())))
+    text = _fits(_text(density_tables.density_renderable(_density_report())))
     assert text.startswith("Eigenvalue density of the hessian — model.py:DigitsMLP, 32 samples")
     for expected in (
         "λmax (largest Ritz value)",
@@ -269,16 +269,16 @@ def test_density_table():
         "route: forward-over-reverse",
     ):
         assert expected in text, expected
-    assert any(block in text for block in tables.BLOCKS)
+    assert any(block in text for block in density_tables.BLOCKS)
 
 
 def test_density_table_without_layers_has_no_layer_table():
-    text = _fits(_text(tables.density_renderable(_density_report(per_layer=False))))
+    text = _fits(_text(density_tables.density_renderable(_density_report(per_layer=False))))
     assert "Per layer" not in text
 
 
 def test_report_table():
-    text = _fits(_text(tables.report_renderable(_report_report())))
+    text = _fits(_text(report_tables.report_renderable(_report_report())))
     assert text.startswith("Curvature report of the hessian")
     for heading in ("layer", "params", "trace ± stderr", "λmax", "λmin", "diag min", "diag max"):
         assert heading in text
@@ -306,12 +306,12 @@ def test_report_table():
 def test_report_without_flags_says_none():
     report = _report_report()
     report = replace(report, results=replace(report.results, flags=[]))
-    assert "flags: none" in _text(tables.report_renderable(report))
+    assert "flags: none" in _text(report_tables.report_renderable(report))
 
 
 @pytest.mark.parametrize("passed", [True, False])
 def test_check_table(passed):
-    text = _fits(_text(tables.check_renderable(_check_report(passed))))
+    text = _fits(_text(check_tables.check_renderable(_check_report(passed))))
     assert text.startswith("Check of the hessian")
     for heading in ("check", "quantity", "limit", "measured", "allowance", "margin", "result"):
         assert heading in text
@@ -330,30 +330,30 @@ def test_check_table(passed):
 
 
 def test_compare_table_and_short_names():
-    text = _fits(_text(tables.compare_renderable(_compare_report())))
+    text = _fits(_text(check_tables.compare_renderable(_compare_report())))
     assert text.startswith("Comparison of the hessian")
     for expected in ("0/model.safetensors", "2/model.safetensors", "│ sharp ", "51 ± 5.6"):
         assert expected in text, expected
-    assert tables.short_names(["a/x.pt", "b/y.pt"]) == ["x.pt", "y.pt"]
-    assert tables.short_names(["a/x.pt", "b/x.pt"]) == ["a/x.pt", "b/x.pt"]
-    assert tables.short_names(["x.pt", "x.pt"]) == ["x.pt", "x.pt"]
+    assert check_tables.short_names(["a/x.pt", "b/y.pt"]) == ["x.pt", "y.pt"]
+    assert check_tables.short_names(["a/x.pt", "b/x.pt"]) == ["a/x.pt", "b/x.pt"]
+    assert check_tables.short_names(["x.pt", "x.pt"]) == ["x.pt", "x.pt"]
 
 
 def test_plan_line():
-    assert tables.plan_line(PLAN) == (
+    assert report_tables.plan_line(PLAN) == (
         "plan: 96 data passes, 1,104 products, about 12 s (0.13 s per pass)"
     )
-    assert "about 0.5 s" in tables.plan_line(replace(PLAN, seconds=0.5))
-    assert "about 3.0 min" in tables.plan_line(replace(PLAN, seconds=180))
-    unknown = tables.plan_line(replace(PLAN, seconds=math.nan, pass_seconds=math.nan))
+    assert "about 0.5 s" in report_tables.plan_line(replace(PLAN, seconds=0.5))
+    assert "about 3.0 min" in report_tables.plan_line(replace(PLAN, seconds=180))
+    unknown = report_tables.plan_line(replace(PLAN, seconds=math.nan, pass_seconds=math.nan))
     assert unknown == "plan: 96 data passes, 1,104 products"
 
 
 def test_flags_are_grouped_by_subject():
     flags = [Flag("saddle", "model", ""), Flag("dominant", "fc1", ""), Flag("sharp", "model", "")]
     flags.append(Flag("indefinite", "fc1", ""))
-    assert tables._flag_names(flags) == "saddle, sharp; fc1: dominant, indefinite"
-    assert tables._flag_names([]) == "-"
+    assert check_tables._flag_names(flags) == "saddle, sharp; fc1: dominant, indefinite"
+    assert check_tables._flag_names([]) == "-"
 
 
 # -- plots -------------------------------------------------------------------------------------
@@ -468,7 +468,7 @@ def test_stubbed_report_announces_the_plan_on_stderr_only(cli, stub, tmp_path, m
     result = cli("report", "m.pt", "--json", "--lr", "0.1", "--diag-products", "50")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["command"] == "report"
-    assert _said(result) == [tables.plan_line(PLAN)]
+    assert _said(result) == [report_tables.plan_line(PLAN)]
     settings = calls[0]["settings"]
     # --probes unset: None here, the size-aware default is chosen by run_report
     assert (settings.lr, settings.diag_products, settings.probes) == (0.1, 50, None)
@@ -493,7 +493,7 @@ def test_stubbed_compare_passes_checkpoints_in_order(cli, stub, tmp_path, monkey
     result = cli("compare", "c.pt", "a.pt", "b.pt", "--plot", "t.png", "--lr", "0.05")
     assert result.exit_code == 0, result.output
     assert result.stdout.startswith("Comparison")
-    plan = f"{tables.plan_line(PLAN)}, per checkpoint (3 checkpoints)"
+    plan = f"{report_tables.plan_line(PLAN)}, per checkpoint (3 checkpoints)"
     assert _said(result) == [plan, "wrote plot t.png"]
     _png(tmp_path / "t.png")
     assert calls[0]["checkpoints"] == ["c.pt", "a.pt", "b.pt"]
@@ -613,7 +613,7 @@ def mlp(samples: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 def test_density_table_json_and_plot(cli, seed, samples, tmp_path):
     before = tree_digest(samples)
     text = _table(cli("density", "model.safetensors", *FAST_SEED), "Eigenvalue density")
-    assert any(block in text for block in tables.BLOCKS)
+    assert any(block in text for block in density_tables.BLOCKS)
     for label in ("λmax (largest Ritz value)", "negative mass", "trace (probes)", "4 × 20"):
         assert label in text
     assert "Per layer" not in text

@@ -37,7 +37,7 @@ from typer.testing import CliRunner, Result
 from hesscli.cli.app import app
 from hesscli.cli.output import configure_logging, stderr_console
 from hesscli.cli.progress import progress_bars
-from hesscli.cli.render import overview_tables
+from hesscli.cli.render import check_tables, density_tables, report_tables
 from hesscli.cli.render.curvature_tables import spectrum_renderable
 from hesscli.cli.render.fit import Column, FitTable, shorten_names
 from hesscli.results import Eigenvalue, Report, SpectrumResults
@@ -373,11 +373,11 @@ def test_the_not_converged_legend_appears_only_with_a_mark(converged: bool) -> N
         for name, layer in base.results.layers.items()
     }
     results = replace(base.results, layers=layers)
-    text = _render(overview_tables.report_renderable(replace(base, results=results)), 120)
+    text = _render(report_tables.report_renderable(replace(base, results=results)), 120)
     assert ("* not converged" in text) is (not converged), text
     for report, render in [
-        (ts.report("compare"), overview_tables.compare_renderable),  # all converged
-        (ts.report("density"), overview_tables.density_renderable),  # λmin not converged
+        (ts.report("compare"), check_tables.compare_renderable),  # all converged
+        (ts.report("density"), density_tables.density_renderable),  # λmin not converged
     ]:
         text = _render(render(report), 120)
         assert ("* not converged" in text) == (re.search(r"\d\*", text) is not None), text

@@ -8,8 +8,8 @@ from pathlib import Path
 import typer
 
 from hesscli.cli.output import is_main_rank, stderr_console
-from hesscli.cli.render.overview_tables import plan_line
 from hesscli.cli.render.plots import PlotUnavailable, supported_formats
+from hesscli.cli.render.report_tables import plan_line
 from hesscli.errors import ConfigError
 from hesscli.results import Plan, Report
 from hesscli.runs.files import check_outputs_differ, refuse_to_overwrite

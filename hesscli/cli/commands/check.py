@@ -12,7 +12,7 @@ from hesscli.cli.commands._overview import announce_plan
 from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
-from hesscli.cli.render.overview_tables import check_renderable
+from hesscli.cli.render.check_tables import check_renderable
 from hesscli.results import CheckResults
 from hesscli.runs.check import Thresholds, run_check
 from hesscli.runs.files import refuse_to_overwrite

@@ -12,7 +12,7 @@ from hesscli.cli.commands._overview import announce_first_plan, check_plot_targe
 from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
-from hesscli.cli.render.overview_tables import compare_renderable
+from hesscli.cli.render.check_tables import compare_renderable
 from hesscli.cli.render.plots import trajectory_plot
 from hesscli.runs.compare import run_compare
 from hesscli.runs.files import refuse_to_overwrite

@@ -11,7 +11,7 @@ from hesscli.cli.commands._overview import check_plot_target, write_plot
 from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
-from hesscli.cli.render.overview_tables import density_renderable
+from hesscli.cli.render.density_tables import density_renderable
 from hesscli.cli.render.plots import density_plot
 from hesscli.runs.density import run_density
 from hesscli.runs.files import refuse_to_overwrite

@@ -7,8 +7,8 @@ from hesscli.cli.commands._overview import announce_plan, check_plot_target, wri
 from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
-from hesscli.cli.render.overview_tables import report_renderable
 from hesscli.cli.render.plots import density_plot
+from hesscli.cli.render.report_tables import report_renderable
 from hesscli.runs.files import refuse_to_overwrite
 from hesscli.runs.report import ReportSettings, run_report
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from hesscli.cli.render.check_tables import short_names
 from hesscli.cli.render.curvature_tables import WHOLE
-from hesscli.cli.render.overview_tables import short_names
 from hesscli.results import CompareResults, Density, DensityResults, Report, ReportResults
 
 if TYPE_CHECKING:
