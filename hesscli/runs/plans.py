@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from hesscli.algorithms.lanczos import lanczos_bytes
+from hesscli.algorithms.lanczos_memory import lanczos_bytes
 from hesscli.engine.memory import format_size
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.errors import ConfigError, MemoryLimitError
