@@ -9,6 +9,7 @@ import pytest
 
 MODULES = [
     "hesscli.algorithms.lanczos",
+    "hesscli.algorithms.lanczos_memory",
     "hesscli.algorithms.eigen",
     "hesscli.algorithms.trace",
     "hesscli.engine.operator",

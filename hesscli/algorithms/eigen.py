@@ -33,7 +33,7 @@ Memory: the basis holds one parameter-length vector per step (twice that with th
 and a few more; T becomes an arrow followed by a tridiagonal and the residual bounds stay
 statements about the current Ritz pairs.
 A restart costs products (the run converges in more steps), never accuracy.
-:func:`~hesscli.algorithms.lanczos.lanczos_bytes` tells what a run will hold.
+:func:`~hesscli.algorithms.lanczos_memory.lanczos_bytes` tells what a run will hold.
 
 Example (prescribed spectrum)::
 

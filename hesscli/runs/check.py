@@ -193,49 +193,25 @@ def _against_baseline(
 ) -> list[CheckItem]:
     old_summary, old_layers = baseline["summary"], baseline["layers"]
     floor = FLOOR * abs(float(old_summary["top"]["value"]))
+
+    def drift(quantity: str, layer: str | None, old: Measured, new: Measured) -> CheckItem:
+        return _drift(quantity, layer, old, new, tolerance, floor)
+
     items = [
-        _drift(
-            "lambda_max",
-            None,
-            _value(old_summary["top"], True),
-            _eigen(summary.top),
-            tolerance,
-            floor,
-        ),
-        _drift(
-            "lambda_min",
-            None,
-            _value(old_summary["bottom"], True),
-            _eigen(summary.bottom),
-            tolerance,
-            floor,
-        ),
-        _drift(
+        drift("lambda_max", None, _value(old_summary["top"], True), _eigen(summary.top)),
+        drift("lambda_min", None, _value(old_summary["bottom"], True), _eigen(summary.bottom)),
+        drift(
             "trace",
             None,
             _value(old_summary["trace"], False),
             _trace(summary.trace.value, summary.trace.stderr),
-            tolerance,
-            floor,
         ),
     ]
     for name, layer in layers.items():
         old = old_layers[name]
-        items.append(
-            _drift(
-                "trace",
-                name,
-                _value(old["trace"], False),
-                _trace(layer.trace.value, layer.trace.stderr),
-                tolerance,
-                floor,
-            )
-        )
-        items.append(
-            _drift(
-                "lambda_max", name, _value(old["top"], True), _eigen(layer.top), tolerance, floor
-            )
-        )
+        trace = _trace(layer.trace.value, layer.trace.stderr)
+        items.append(drift("trace", name, _value(old["trace"], False), trace))
+        items.append(drift("lambda_max", name, _value(old["top"], True), _eigen(layer.top)))
     return items
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -82,6 +83,24 @@ class BasisPlan:
 
     max_basis: int | None
     keep_products: bool
+
+    def search_options(
+        self, op: CurvatureOperator, *, top_k: int, bottom_k: int, tol: float
+    ) -> dict[str, Any]:
+        """The keyword arguments every extreme-eigenvalue search of ``op`` under this plan takes.
+
+        ``spectrum`` and ``report`` (whole model and per layer) pass the same ones, so that the
+        same request finds the same eigenvalues in either command.
+        """
+        return {
+            "top_k": top_k,
+            "bottom_k": bottom_k,
+            "tol": tol,
+            "dtype": op.dtype,
+            "device": op.device,
+            "keep_products": self.keep_products,
+            "max_basis": self.max_basis,
+        }
 
 
 def basis_plan(op: CurvatureOperator, *, steps: int, wanted: int, runs: int = 1) -> BasisPlan:

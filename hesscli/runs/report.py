@@ -138,15 +138,7 @@ def measure(
     basis = basis_plan(op, steps=limit, wanted=2, runs=2)  # whole and per-layer runs
     lanczos = before - op.spare_bytes()
     bounds = [(b.start, b.stop) for b in blocks]
-    common = {
-        "top_k": 1,
-        "bottom_k": 1,
-        "tol": tol,
-        "dtype": op.dtype,
-        "device": op.device,
-        "keep_products": basis.keep_products,
-        "max_basis": basis.max_basis,
-    }
+    common = basis.search_options(op, top_k=1, bottom_k=1, tol=tol)
     hint = op.start_gradient()  # as spectrum: the same start, the same eigenvalues
     whole = ExtremeSearch(
         op.matmat,

@@ -55,15 +55,7 @@ def run_spectrum(
     limit = min(op.size, max_steps or MAX_STEPS)
     basis = basis_plan(op, steps=limit, wanted=top_k + bottom_k)
     seed = prepared.settings["seed"].value
-    common = {
-        "top_k": top_k,
-        "bottom_k": bottom_k,
-        "tol": tol,
-        "dtype": op.dtype,
-        "device": op.device,
-        "keep_products": basis.keep_products,
-        "max_basis": basis.max_basis,
-    }
+    common = basis.search_options(op, top_k=top_k, bottom_k=bottom_k, tol=tol)
     # Starts near the top eigenvectors of a trained network, when the gradient is free.
     hint = op.start_gradient()
     (whole,) = extreme_eigenvalues(

@@ -7,12 +7,12 @@ from typing import Annotated, Any
 
 import typer
 
-from hesscli.cli import options as opt
+from hesscli.cli import estimation_options as est
 from hesscli.cli.commands._overview import announce_plan
-from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.check_tables import check_renderable
+from hesscli.cli.run_options import RunOptions, with_run_options
 from hesscli.results import CheckResults
 from hesscli.runs.check import Thresholds, run_check
 from hesscli.runs.files import refuse_to_overwrite
@@ -26,43 +26,16 @@ EXIT_FAILED = 1
 def _limit(flag: str, what: str) -> Any:
     return typer.Option(
         flag,
-        callback=opt.finite_float,
+        callback=est.finite_float,
         help=what,
         show_default=False,
         rich_help_panel=_PANEL,
     )
 
 
+@with_run_options()
 def check(
-    checkpoint: opt.Checkpoint = None,
-    model: opt.Model = None,
-    model_kwargs: opt.ModelKwargs = None,
-    data: opt.Data = None,
-    text_field: TextField = None,
-    label_field: LabelField = None,
-    max_length: MaxLength = None,
-    loss: opt.Loss = None,
-    output_key: opt.OutputKey = None,
-    max_samples: opt.MaxSamples = None,
-    micro_batch: opt.MicroBatch = None,
-    layer: opt.Layers = None,
-    curvature: opt.Curvature = None,
-    hvp_method: opt.HvpMethod = None,
-    device: opt.Device = None,
-    dtype: opt.Dtype = None,
-    allow_tf32: opt.AllowTf32 = None,
-    seed: opt.Seed = None,
-    train_mode: opt.TrainMode = None,
-    distributed: opt.Distributed = None,
-    max_memory: opt.MaxMemory = None,
-    normalisation: opt.Normalisation = None,
-    trust_pickle: opt.TrustPickle = False,
-    strict: opt.Strict = None,
-    checkpoint_prefix: opt.CheckpointPrefix = None,
-    config: opt.Config = None,
-    no_config: opt.NoConfig = False,
-    json: opt.Json = False,
-    output: opt.Output = None,
+    run: RunOptions,
     max_eigenvalue: Annotated[
         float | None, _limit("--max-eigenvalue", "Fail when λmax exceeds this.")
     ] = None,
@@ -79,7 +52,7 @@ def check(
         float | None,
         typer.Option(
             "--stability-lr",
-            callback=opt.positive_float,
+            callback=est.positive_float,
             help="Fail unless λmax < 2/LR (gradient descent with learning rate LR is stable).",
             show_default=False,
             rich_help_panel=_PANEL,
@@ -102,16 +75,16 @@ def check(
         typer.Option(
             "--tolerance",
             min=0.0,
-            callback=opt.number(at_least=0.0),
+            callback=est.number(at_least=0.0),
             help="Relative change allowed against the --baseline.",
             rich_help_panel=_PANEL,
         ),
     ] = 0.05,
-    probes: opt.Probes = None,
-    steps: opt.Steps = None,
-    tol: opt.ReportTol = None,
-    max_steps: opt.ReportMaxSteps = None,
-    diag_products: opt.DiagProducts = None,
+    probes: est.Probes = None,
+    steps: est.Steps = None,
+    tol: est.ReportTol = None,
+    max_steps: est.ReportMaxSteps = None,
+    diag_products: est.DiagProducts = None,
 ) -> None:
     """Measure like 'report', then test thresholds and a baseline; exit code 1 when one fails.
 
@@ -119,9 +92,9 @@ def check(
     value is granted 1.96 standard errors of noise. At least one threshold or --baseline is
     required. Exit codes: 0 every check passed, 1 one failed, 2 bad usage or input.
     """
-    named_inputs = [checkpoint, data, model, config, baseline]
-    refuse_to_overwrite(output, named_inputs)
-    request = opt.request_from(locals())
+    named_inputs = run.named_inputs(baseline)
+    refuse_to_overwrite(run.output, named_inputs)
+    request = run.request(locals())
     thresholds = Thresholds(
         max_eigenvalue=max_eigenvalue,
         min_eigenvalue=min_eigenvalue,
@@ -135,7 +108,7 @@ def check(
     with progress_bars() as progress:
         report = run_check(
             request,
-            layer_patterns=layer or [],
+            layer_patterns=run.layers,
             thresholds=thresholds,
             baseline=baseline,
             tolerance=tolerance,
@@ -143,8 +116,8 @@ def check(
             progress=progress,
             announce=announce_plan,
         )
-    refuse_to_overwrite(output, [*report.input_files, baseline])
-    emit(report, as_json=json, output=output, table=check_renderable)
+    refuse_to_overwrite(run.output, [*report.input_files, baseline])
+    emit(report, as_json=run.json, output=run.output, table=check_renderable)
     results = report.results
     assert isinstance(results, CheckResults)
     if not results.passed:

@@ -6,47 +6,19 @@ from typing import Annotated
 
 import typer
 
-from hesscli.cli import options as opt
-from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.curvature_tables import diag_renderable
+from hesscli.cli.run_options import RunOptions, with_run_options
 from hesscli.runs.diag import run_diag
 from hesscli.runs.files import refuse_to_overwrite
 
 _PANEL = "Diagonal"
 
 
+@with_run_options()
 def diag(
-    checkpoint: opt.Checkpoint = None,
-    model: opt.Model = None,
-    model_kwargs: opt.ModelKwargs = None,
-    data: opt.Data = None,
-    text_field: TextField = None,
-    label_field: LabelField = None,
-    max_length: MaxLength = None,
-    loss: opt.Loss = None,
-    output_key: opt.OutputKey = None,
-    max_samples: opt.MaxSamples = None,
-    micro_batch: opt.MicroBatch = None,
-    layer: opt.Layers = None,
-    curvature: opt.Curvature = None,
-    hvp_method: opt.HvpMethod = None,
-    device: opt.Device = None,
-    dtype: opt.Dtype = None,
-    allow_tf32: opt.AllowTf32 = None,
-    seed: opt.Seed = None,
-    train_mode: opt.TrainMode = None,
-    distributed: opt.Distributed = None,
-    max_memory: opt.MaxMemory = None,
-    normalisation: opt.Normalisation = None,
-    trust_pickle: opt.TrustPickle = False,
-    strict: opt.Strict = None,
-    checkpoint_prefix: opt.CheckpointPrefix = None,
-    config: opt.Config = None,
-    no_config: opt.NoConfig = False,
-    json: opt.Json = False,
-    output: opt.Output = None,
+    run: RunOptions,
     exact: Annotated[
         bool | None,
         typer.Option(
@@ -83,17 +55,17 @@ def diag(
     Exact diagonals equal the element-by-element double-backward loop; estimates say so and
     carry a standard error.
     """
-    refuse_to_overwrite(output, [checkpoint, data, model, config])
-    request = opt.request_from(locals())
+    refuse_to_overwrite(run.output, run.named_inputs())
+    request = run.request(locals())
     mode = "auto" if exact is None else ("exact" if exact else "estimate")
     with progress_bars() as progress:
         report = run_diag(
             request,
-            layer_patterns=layer or [],
+            layer_patterns=run.layers,
             mode=mode,
             products=products,
             largest=largest,
             progress=progress,
         )
-    refuse_to_overwrite(output, report.input_files)
-    emit(report, as_json=json, output=output, table=diag_renderable)
+    refuse_to_overwrite(run.output, report.input_files)
+    emit(report, as_json=run.json, output=run.output, table=diag_renderable)

@@ -6,47 +6,20 @@ from typing import Annotated
 
 import typer
 
-from hesscli.cli import options as opt
-from hesscli.cli.data_options import LabelField, MaxLength, TextField
+from hesscli.cli import estimation_options as est
 from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.curvature_tables import spectrum_renderable
+from hesscli.cli.run_options import RunOptions, with_run_options
 from hesscli.runs.files import refuse_to_overwrite
 from hesscli.runs.spectrum import run_spectrum
 
 _PANEL = "Spectrum"
 
 
+@with_run_options()
 def spectrum(
-    checkpoint: opt.Checkpoint = None,
-    model: opt.Model = None,
-    model_kwargs: opt.ModelKwargs = None,
-    data: opt.Data = None,
-    text_field: TextField = None,
-    label_field: LabelField = None,
-    max_length: MaxLength = None,
-    loss: opt.Loss = None,
-    output_key: opt.OutputKey = None,
-    max_samples: opt.MaxSamples = None,
-    micro_batch: opt.MicroBatch = None,
-    layer: opt.Layers = None,
-    curvature: opt.Curvature = None,
-    hvp_method: opt.HvpMethod = None,
-    device: opt.Device = None,
-    dtype: opt.Dtype = None,
-    allow_tf32: opt.AllowTf32 = None,
-    seed: opt.Seed = None,
-    train_mode: opt.TrainMode = None,
-    distributed: opt.Distributed = None,
-    max_memory: opt.MaxMemory = None,
-    normalisation: opt.Normalisation = None,
-    trust_pickle: opt.TrustPickle = False,
-    strict: opt.Strict = None,
-    checkpoint_prefix: opt.CheckpointPrefix = None,
-    config: opt.Config = None,
-    no_config: opt.NoConfig = False,
-    json: opt.Json = False,
-    output: opt.Output = None,
+    run: RunOptions,
     top_k: Annotated[
         int,
         typer.Option("--top-k", min=0, help="Largest eigenvalues to find.", rich_help_panel=_PANEL),
@@ -73,7 +46,7 @@ def spectrum(
         float | None,
         typer.Option(
             "--tol",
-            callback=opt.relative_tolerance,
+            callback=est.relative_tolerance,
             help="Stop when every eigenvalue's error (‖r‖²/gap, at most the residual "
             "‖Cy − λy‖) ≤ TOL × ‖C‖. Default: 1e-4 in float32, 1e-8 in float64.",
             rich_help_panel=_PANEL,
@@ -94,12 +67,12 @@ def spectrum(
     Lanczos with full reorthogonalisation, stopped when every value's error (‖r‖²/gap, at
     most the residual) meets the tolerance; see docs/commands.md.
     """
-    refuse_to_overwrite(output, [checkpoint, data, model, config])
-    request = opt.request_from(locals())
+    refuse_to_overwrite(run.output, run.named_inputs())
+    request = run.request(locals())
     with progress_bars() as progress:
         report = run_spectrum(
             request,
-            layer_patterns=layer or [],
+            layer_patterns=run.layers,
             top_k=top_k,
             bottom_k=bottom_k,
             per_layer=per_layer,
@@ -107,5 +80,5 @@ def spectrum(
             max_steps=max_steps,
             progress=progress,
         )
-    refuse_to_overwrite(output, report.input_files)
-    emit(report, as_json=json, output=output, table=spectrum_renderable)
+    refuse_to_overwrite(run.output, report.input_files)
+    emit(report, as_json=run.json, output=run.output, table=spectrum_renderable)

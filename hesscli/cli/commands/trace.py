@@ -6,47 +6,20 @@ from typing import Annotated, Literal
 
 import typer
 
-from hesscli.cli import options as opt
-from hesscli.cli.data_options import LabelField, MaxLength, TextField
+from hesscli.cli import estimation_options as est
 from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.curvature_tables import trace_renderable
+from hesscli.cli.run_options import RunOptions, with_run_options
 from hesscli.runs.files import refuse_to_overwrite
 from hesscli.runs.trace import run_trace
 
 _PANEL = "Trace"
 
 
+@with_run_options()
 def trace(
-    checkpoint: opt.Checkpoint = None,
-    model: opt.Model = None,
-    model_kwargs: opt.ModelKwargs = None,
-    data: opt.Data = None,
-    text_field: TextField = None,
-    label_field: LabelField = None,
-    max_length: MaxLength = None,
-    loss: opt.Loss = None,
-    output_key: opt.OutputKey = None,
-    max_samples: opt.MaxSamples = None,
-    micro_batch: opt.MicroBatch = None,
-    layer: opt.Layers = None,
-    curvature: opt.Curvature = None,
-    hvp_method: opt.HvpMethod = None,
-    device: opt.Device = None,
-    dtype: opt.Dtype = None,
-    allow_tf32: opt.AllowTf32 = None,
-    seed: opt.Seed = None,
-    train_mode: opt.TrainMode = None,
-    distributed: opt.Distributed = None,
-    max_memory: opt.MaxMemory = None,
-    normalisation: opt.Normalisation = None,
-    trust_pickle: opt.TrustPickle = False,
-    strict: opt.Strict = None,
-    checkpoint_prefix: opt.CheckpointPrefix = None,
-    config: opt.Config = None,
-    no_config: opt.NoConfig = False,
-    json: opt.Json = False,
-    output: opt.Output = None,
+    run: RunOptions,
     products: Annotated[
         int | None,
         typer.Option(
@@ -61,7 +34,7 @@ def trace(
         float | None,
         typer.Option(
             "--target-error",
-            callback=opt.number(at_least=0.0),
+            callback=est.number(at_least=0.0),
             help="Stop when the standard error is at most this fraction of |trace| "
             "(default 0.01; 0 turns it off and spends the whole --products budget).",
             rich_help_panel=_PANEL,
@@ -82,16 +55,16 @@ def trace(
 
     Every layer's trace comes from the same probes and data passes as the total.
     """
-    refuse_to_overwrite(output, [checkpoint, data, model, config])
-    request = opt.request_from(locals())
+    refuse_to_overwrite(run.output, run.named_inputs())
+    request = run.request(locals())
     with progress_bars() as progress:
         report = run_trace(
             request,
-            layer_patterns=layer or [],
+            layer_patterns=run.layers,
             products=products,
             target=target_error or None,
             method=method,
             progress=progress,
         )
-    refuse_to_overwrite(output, report.input_files)
-    emit(report, as_json=json, output=output, table=trace_renderable)
+    refuse_to_overwrite(run.output, report.input_files)
+    emit(report, as_json=run.json, output=run.output, table=trace_renderable)
