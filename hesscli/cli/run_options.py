@@ -12,13 +12,14 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
 from hesscli.cli import options as opt
 from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.runs.prepare import Request
+from hesscli.runs.report import ReportSettings
 
 Command = TypeVar("Command", bound=Callable[..., Any])
 
@@ -93,6 +94,16 @@ class RunOptions:
     def request(self, own: Mapping[str, Any]) -> Request:
         """The load request, from these options and the command's own (its ``locals()``)."""
         return opt.request_from({**self.values, **own})
+
+
+def report_settings(own: Mapping[str, Any]) -> ReportSettings:
+    """What ``report``, ``check`` and ``compare`` compute, from the command's own ``locals()``.
+
+    Each takes the settings it declares as options (``check`` has no density grid); the rest
+    keep :class:`~hesscli.runs.report.ReportSettings`' defaults.
+    """
+    names = {f.name for f in fields(ReportSettings)}
+    return ReportSettings(**{key: value for key, value in own.items() if key in names})
 
 
 def with_run_options(*, leave_out: Sequence[str] = ()) -> Callable[[Command], Command]:

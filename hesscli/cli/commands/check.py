@@ -12,11 +12,10 @@ from hesscli.cli.commands._overview import announce_plan
 from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.check_tables import check_renderable
-from hesscli.cli.run_options import RunOptions, with_run_options
+from hesscli.cli.run_options import RunOptions, report_settings, with_run_options
 from hesscli.results import CheckResults
 from hesscli.runs.check import Thresholds, run_check
 from hesscli.runs.files import refuse_to_overwrite
-from hesscli.runs.report import ReportSettings
 
 _PANEL = "Thresholds"
 #: Exit code of a run whose measurements violate a threshold or the baseline.
@@ -102,9 +101,7 @@ def check(
         max_layer_trace=max_layer_trace,
         stability_lr=stability_lr,
     )
-    settings = ReportSettings(
-        probes=probes, steps=steps, tol=tol, max_steps=max_steps, diag_products=diag_products
-    )
+    settings = report_settings(locals())
     with progress_bars() as progress:
         report = run_check(
             request,

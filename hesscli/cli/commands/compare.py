@@ -13,10 +13,9 @@ from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.check_tables import compare_renderable
 from hesscli.cli.render.plots import trajectory_plot
-from hesscli.cli.run_options import RunOptions, with_run_options
+from hesscli.cli.run_options import RunOptions, report_settings, with_run_options
 from hesscli.runs.compare import run_compare
 from hesscli.runs.files import refuse_to_overwrite
-from hesscli.runs.report import ReportSettings
 
 
 @with_run_options(leave_out=("checkpoint",))
@@ -63,16 +62,7 @@ def compare(
     refuse_to_overwrite(run.output, named_inputs)
     check_plot_target(plot, named_inputs, run.output)
     request = run.request(locals())
-    settings = ReportSettings(
-        probes=probes,
-        steps=steps,
-        tol=tol,
-        max_steps=max_steps,
-        diag_products=diag_products,
-        lr=lr,
-        points=points,
-        sigma=sigma,
-    )
+    settings = report_settings(locals())
     with progress_bars() as progress:
         report = run_compare(
             request,

@@ -8,9 +8,9 @@ from hesscli.cli.output import emit
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.plots import density_plot
 from hesscli.cli.render.report_tables import report_renderable
-from hesscli.cli.run_options import RunOptions, with_run_options
+from hesscli.cli.run_options import RunOptions, report_settings, with_run_options
 from hesscli.runs.files import refuse_to_overwrite
-from hesscli.runs.report import ReportSettings, run_report
+from hesscli.runs.report import run_report
 
 
 @with_run_options()
@@ -38,16 +38,7 @@ def report(
     refuse_to_overwrite(run.output, named_inputs)
     check_plot_target(plot, named_inputs, run.output)
     request = run.request(locals())
-    settings = ReportSettings(
-        probes=probes,
-        steps=steps,
-        tol=tol,
-        max_steps=max_steps,
-        diag_products=diag_products,
-        lr=lr,
-        points=points,
-        sigma=sigma,
-    )
+    settings = report_settings(locals())
     with progress_bars() as progress:
         result = run_report(
             request,
