@@ -22,63 +22,29 @@ the seed 3→4→5 network (the loss is the mean over all samples, whatever the 
 
 from __future__ import annotations
 
-import logging
-import math
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from hesscli.batches import Dataset
-from hesscli.engine.determinism import check_modules, check_repeatable
-from hesscli.engine.device import synchronize
+from hesscli.engine.accumulation import run_pass, summed_gradient
+from hesscli.engine.budget import DEFAULT_CHUNK, Budget, default_cache_bytes
+from hesscli.engine.closures import Closures
 from hesscli.engine.distributed import SINGLE, Group
-from hesscli.engine.functional import (
-    DEFAULT_MICRO_BATCH,
-    Params,
-    math_attention,
-    micro_batches,
-    to_device,
-)
+from hesscli.engine.functional import DEFAULT_MICRO_BATCH, micro_batches, to_device
 from hesscli.engine.heap import HeapTrimmer, keep_freed_memory
 from hesscli.engine.layout import Block, Layout
-from hesscli.engine.memory import (
-    MemoryPlan,
-    check_free,
-    format_size,
-    is_out_of_memory,
-    plan_memory,
-    release_cached,
-    total_bytes,
-)
+from hesscli.engine.memory import MemoryPlan
 from hesscli.engine.params import list_layers
-from hesscli.engine.precision import float32_precision
 from hesscli.engine.products import Apply, LossFn, MicroBatchLoss
-from hesscli.engine.routes import (
-    FORWARD,
-    METHODS,
-    MISSING_RULE,
-    REVERSE,
-    RouteReport,
-    WatchAttention,
-    build,
-    check_slice,
-    judged_reverse,
-    select_route,
-    self_checked_reverse,
-)
-from hesscli.engine.symmetry import FirstColumns, asymmetry_error, too_large
+from hesscli.engine.routes import METHODS, RouteReport
 from hesscli.engine.weighting import Weighting
-from hesscli.errors import ConfigError, DifferentiationError, MemoryLimitError, NumericalError
-
-log = logging.getLogger("hesscli")
+from hesscli.errors import ConfigError
 
 KINDS = ("hessian", "ggn")
 REDUCTIONS = ("mean", "sum")
-#: Columns pushed through ``vmap`` at once by the forward-over-reverse route.
-DEFAULT_CHUNK = 16
 
 
 @dataclass
@@ -118,7 +84,7 @@ class CurvatureOperator:
             that of the summed loss, and micro-batches add up with weight 1).
         blocks: ``[(name, [parameter names]), ...]``; default: one block per layer.
         method: ``"auto"`` (double backward, falling back to forward mode, then finite
-            differences, where a route cannot run; see :mod:`.routes`), ``"forward"``,
+            differences, where a route cannot run; see :mod:`.route_check`), ``"forward"``,
             ``"reverse"`` or ``"fd"`` (forced, still checked).
         micro_batch: Samples per micro-batch (default 512).
         chunk_size: Columns per ``vmap`` call of the forward route (bounds its memory).
@@ -180,7 +146,7 @@ class CurvatureOperator:
         self.allow_tf32 = allow_tf32
         self.weighting = weighting or Weighting("samples", dataset.num_samples, dataset.num_samples)
         self.memory: MemoryPlan | None = None
-        self._held = 0  # bytes the algorithm has reserved (see reserve)
+        self._budget = Budget(self, self._micro_batch_loss)  # sizes, and bytes held
         trainable = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
         if blocks is None:
             blocks = [
@@ -193,16 +159,13 @@ class CurvatureOperator:
         self._fixed = {n: p for n, p in trainable.items() if n not in self._variables}
         sample = next(iter(self._variables.values()))
         self.device, self.dtype = sample.device, sample.dtype
-        self.cache_bytes = _default_cache_bytes(self.device) if cache_bytes is None else cache_bytes
+        self.cache_bytes = default_cache_bytes(self.device) if cache_bytes is None else cache_bytes
         self.counters = Counters()
         self.route: RouteReport | None = None
         self.graph_bytes = 0
-        self._cache: dict[int, Apply] = {}
-        self._checked = False
-        self._symmetry: FirstColumns | None = None  # the default route's pending check
-        self._proven = False  # whether a product of the chosen route has run
+        self._cache: dict[int, Apply] = {}  # each micro-batch's closure (see .closures)
+        self._closures = Closures(self, self._micro_batch_loss, self._cache)
         self._heap = HeapTrimmer()
-        self._gradient: Params | None = None  # see free_gradient
         if self.device.type == "cpu":
             keep_freed_memory()  # every pass reuses the last one's pages (see .heap)
         #: Called as ``progress(done, total)`` after each micro-batch of a pass.
@@ -291,22 +254,7 @@ class CurvatureOperator:
         on the way, so this builds it now and keeps it for the products. Lanczos starts from
         it, partly (:func:`~hesscli.algorithms.eigen.extreme_eigenvalues`).
         """
-        if self.kind != "hessian" or self.num_micro_batches != 1 or not self._self_checking():
-            return None
-        if self.route is None:
-            _, part, _ = next(iter(micro_batches(self.dataset, self.micro_batch, self.weighting)))
-            try:
-                with float32_precision(self.allow_tf32), math_attention():
-                    self._apply(0, part)
-            except (RuntimeError, MemoryError) as exc:
-                if not is_out_of_memory(exc):
-                    raise
-                self.release()  # the first pass meets it again, and shrinks (see _pass)
-                return None
-        gradient, self._gradient = self._gradient, None
-        if gradient is None:
-            return None
-        return self.layout.flatten({n: g[None] for n, g in gradient.items()})[:, 0]
+        return self._closures.free_gradient()
 
     def start_gradient(self) -> torch.Tensor | None:
         """∇L as a ``(P,)`` vector, for starting Lanczos: free when it can be, else one pass.
@@ -318,32 +266,7 @@ class CurvatureOperator:
         on ``--micro-batch`` or torchrun. None if the pass runs out of memory.
         """
         free = self.free_gradient()
-        if free is not None:
-            return free
-        total = torch.zeros(self.size, device=self.device, dtype=self.dtype)
-        start = time.perf_counter()
-        parts = micro_batches(self.dataset, self.micro_batch, self.weighting)
-        try:
-            with float32_precision(self.allow_tf32), math_attention():
-                for _, part, weight in parts:
-                    mb = self._micro_batch_loss(part)
-                    names = list(mb.variables)
-                    leaves = [mb.variables[n].detach().requires_grad_(True) for n in names]
-                    loss = mb.loss(dict(zip(names, leaves, strict=True)))
-                    pieces = torch.autograd.grad(loss, leaves, allow_unused=True)
-                    alpha = weight if self.reduction == "mean" else 1.0
-                    found = dict(zip(names, pieces, strict=True))
-                    for name, rows in self._rows(None, total[:, None]):
-                        if found[name] is not None:
-                            rows[:, 0].add_(found[name].reshape(-1), alpha=alpha)
-        except (RuntimeError, MemoryError) as exc:
-            if not is_out_of_memory(exc):
-                raise
-            return None
-        self.group.sum_(total)
-        self.counters.data_passes += 1
-        self.counters.seconds += time.perf_counter() - start
-        return total
+        return free if free is not None else summed_gradient(self)
 
     def dense(self, *, columns_per_pass: int = 256) -> torch.Tensor:
         """The whole ``(P, P)`` matrix, column blocks at a time (for small models and tests)."""
@@ -356,8 +279,7 @@ class CurvatureOperator:
 
     def release(self) -> None:
         """Drop the cached gradient graphs (the next product rebuilds what it needs)."""
-        self._cache.clear()
-        self.graph_bytes = 0
+        self._closures.release()
 
     # -- internals ---------------------------------------------------------------------------
     def _columns(self, matrix: torch.Tensor) -> torch.Tensor:
@@ -382,121 +304,8 @@ class CurvatureOperator:
         return MicroBatchLoss(self.model, self.loss_fn, batch, self._variables, self._fixed)
 
     def _pass(self, requests: list[tuple[Block | None, torch.Tensor]]) -> list[torch.Tensor]:
-        """One pass over this rank's micro-batches, summed over the ranks.
-
-        Each request is ``(block, columns)``: C·V over all coordinates (``block`` None), or
-        C_ll·V_l on the rows of one block. Running out of memory is not fatal: the pass
-        restarts with half the vmap chunk, then half the micro-batch (neither changes the
-        result), until nothing smaller is possible.
-        """
-        start = time.perf_counter()
-        tangents = [(block, self.layout.unflatten(columns, block)) for block, columns in requests]
-        with float32_precision(self.allow_tf32):  # true float32 unless opted in; restored
-            while True:
-                try:
-                    totals = self._local_pass(tangents, [c.shape[1] for _, c in requests])
-                    break
-                except (RuntimeError, MemoryError) as exc:
-                    if not is_out_of_memory(exc):
-                        raise
-                    self._shrink(exc)
-        for total in totals:
-            self.group.sum_(total)
-        if self._symmetry is not None and not self._symmetry.done:
-            self._judge_symmetry(requests, totals)
-        if self.device.type == "cpu":
-            self._heap.after_pass()
-        self.counters.data_passes += 1
-        synchronize(self.device)  # the pass's kernels are done before the timer is read
-        self.counters.seconds += time.perf_counter() - start
-        return totals
-
-    def _local_pass(
-        self, tangents: list[tuple[Block | None, Params]], counts: list[int]
-    ) -> list[torch.Tensor]:
-        # Written whole by the first micro-batch (no zero fill), added to by the others.
-        totals = [
-            torch.empty(
-                self.size if block is None else block.size,
-                count,
-                device=self.device,
-                dtype=self.dtype,
-            )
-            for (block, _), count in zip(tangents, counts, strict=True)
-        ]
-        if not any(counts):
-            return totals
-        batches, index = self.num_micro_batches, -1
-        with math_attention():
-            for index, (first, part, weight) in enumerate(
-                micro_batches(self.dataset, self.micro_batch, self.weighting)
-            ):
-                apply = self._apply(index, part)
-                for (block, vectors), total, count in zip(tangents, totals, counts, strict=True):
-                    if not count:
-                        continue
-                    # Mean: weight uⱼ/U, so the sum is the mean over all units; sum: weight 1.
-                    # Slot by slot: no flat copy of the columns.
-                    alpha = weight if self.reduction == "mean" else 1.0
-                    product = apply(vectors)
-                    for slot, rows in self._rows(block, total):
-                        piece = product.pop(slot).reshape(count, -1).T
-                        if index == 0:
-                            torch.mul(piece, alpha, out=rows)
-                        else:
-                            rows.add_(piece, alpha=alpha)
-                    # One sum finds a NaN/Inf anywhere; the slots confirm (a sum can overflow).
-                    if not math.isfinite(float(total.sum())):
-                        self._refuse_not_finite(block, total, first, part.size)
-                if self.progress is not None:
-                    self.progress(index + 1, batches)
-        if index < 0:  # no micro-batch on this rank: it adds nothing to the sum
-            for total in totals:
-                total.zero_()
-        return totals
-
-    def _rows(self, block: Block | None, total: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
-        """``(parameter, its rows of total)`` for the slots of ``block`` (all, for None)."""
-        offset = 0 if block is None else block.start
-        for slot in self.layout.slots_of(block):
-            yield slot.name, total[slot.start - offset : slot.stop - offset]
-
-    def _refuse_not_finite(
-        self, block: Block | None, total: torch.Tensor, first: int, size: int
-    ) -> None:
-        """Refuse a product that is NaN/Inf on samples ``first`` … ``first+size-1``."""
-        bad = [name for name, rows in self._rows(block, total) if not bool(rows.isfinite().all())]
-        if not bad:
-            return  # finite entries whose sum overflowed
-        raise NumericalError(
-            f"a {self.kind}-vector product is NaN/Inf on samples {first}-{first + size - 1} "
-            f"(in {', '.join(bad[:4])})",
-            "check those samples and the weights; try --dtype float64",
-        )
-
-    def _shrink(self, exc: BaseException) -> None:
-        """Halve the vmap chunk (forward route), else the micro-batch, after running out."""
-        self.release()
-        release_cached(self.device)
-        chunk = self.chunk_size or DEFAULT_CHUNK
-        route = self.route.route if self.route is not None else METHODS[self.method]
-        if route == FORWARD and chunk > 1:  # the reverse route takes one column at a time
-            self.chunk_size = chunk // 2
-            change = f"{self.chunk_size} columns per vmap call"
-        elif self.micro_batch > 1:
-            self.micro_batch = (min(self.micro_batch, self._largest_batch()) + 1) // 2
-            change = f"micro-batches of {self.micro_batch}"
-        else:
-            raise MemoryLimitError(
-                f"out of memory on {self.device} even with one sample per micro-batch and one "
-                f"column per product ({_first_line(exc)})",
-                "use --dtype float32, fewer layers (--layer), a device with more memory, or "
-                "more processes (torchrun)",
-            ) from exc
-        log.warning("out of memory on %s; retrying with %s", self.device, change)
-
-    def _largest_batch(self) -> int:
-        return max(b.size for b in self.dataset.batches)
+        """One pass over the micro-batches, summed over the ranks (see :func:`.run_pass`)."""
+        return run_pass(self, self._closures, self._heap, requests, self._budget.shrink)
 
     def fit_memory(
         self,
@@ -522,39 +331,13 @@ class CurvatureOperator:
             columns: Columns one data pass carries at most.
             reserve: Bytes the algorithm keeps besides the products.
         """
-        first = next(iter(micro_batches(self.dataset, self._largest_batch(), self.weighting)))
-        with math_attention():  # the kernel the products will use saves what it saves
-            mb = self._micro_batch_loss(first[1])
-            # The route the rule will take (the check runs with the first product, so a run
-            # that needs none pays nothing); a forward fallback is resized by _shrink.
-            route = self.route.route if self.route is not None else METHODS[self.method]
-            plan = plan_memory(
-                mb,
-                budget=max(1, budget - reserve),
-                source=source,
-                micro_batch=self.micro_batch,
-                chunk_size=self.chunk_size or DEFAULT_CHUNK,
-                fixed_micro_batch=fixed_micro_batch,
-                samples=self._largest_batch(),
-                vmapped=route == FORWARD,
-                columns=columns,
-            )
-        if reserve >= budget:
-            raise MemoryLimitError(
-                f"the algorithm alone needs {format_size(reserve)}, more than the "
-                f"{format_size(budget)} budget ({source})",
-                "raise --max-memory, or ask for less (fewer steps, probes or layers)",
-            )
-        self.micro_batch, self.chunk_size = plan.micro_batch, plan.chunk_size
-        self.memory, self._held = replace(plan, budget=budget), 0
-        self.reserve(reserve)
-        return self.memory
+        return self._budget.fit(
+            budget, source, fixed_micro_batch=fixed_micro_batch, columns=columns, reserve=reserve
+        )
 
     def spare_bytes(self) -> int:
         """Bytes of the budget left to the algorithm: not planned for products or reserved."""
-        if self.memory is None:
-            return total_bytes(self.device) // 4
-        return max(0, self.memory.budget - self.memory.estimate - self._held)
+        return self._budget.spare_bytes()
 
     def reserve(self, size: int) -> None:
         """Set ``size`` more bytes of the budget aside for the algorithm's own vectors.
@@ -563,151 +346,8 @@ class CurvatureOperator:
         free memory is refused now, before any product (:func:`~.memory.check_free`). The plan
         records the most ever reserved at once.
         """
-        if self.memory is None or size <= 0:
-            return
-        self._held += size
-        self.memory = replace(self.memory, reserve=max(self.memory.reserve, self._held))
-        self.cache_bytes = min(self.cache_bytes, self.spare_bytes())
-        check_free(self.memory.estimate + self._held, self.device, source=self.memory.source)
+        self._budget.reserve(size)
 
     def free(self, size: int) -> None:
         """Give back ``size`` reserved bytes (a phase of the algorithm is over)."""
-        self._held = max(0, self._held - size)
-
-    def _check_once(self, mb: MicroBatchLoss) -> None:
-        """Refuse a random loss before any product is spent on it (once per operator)."""
-        if not self._checked:
-            single = self.num_micro_batches == 1 and not self.group.active
-            check_modules(self.model, single_batch=single)
-            check_repeatable(check_slice(mb))
-            self._checked = True
-
-    def _apply(self, index: int, part: object) -> Apply:
-        """The product closure of micro-batch ``index``: cached, or built by the checked route."""
-        cached = self._cache.get(index)
-        if cached is not None:
-            return cached
-        mb = self._micro_batch_loss(part)
-        self._check_once(mb)
-        if self.route is None and self._self_checking():
-            return self._first_reverse(index, mb)
-        if self.route is None:
-            self.route = self._choose_route(mb)
-        apply, graph_bytes = build(self.kind, self.route.route, mb, chunk_size=self.chunk_size)
-        self._maybe_cache(index, apply, graph_bytes)
-        return apply
-
-    def _self_checking(self) -> bool:
-        """Whether double backward is checked by its own first products, not on a slice.
-
-        The default (and forced reverse) route on one process: a separate check on a slice of
-        the first micro-batch would cost a graph and two products of its own. With several
-        ranks every rank must agree on the route first, so they keep the slice check.
-        """
-        return self.verify and METHODS[self.method] in (None, REVERSE) and not self.group.active
-
-    def _first_reverse(self, index: int, mb: MicroBatchLoss) -> Apply:
-        """Double backward on the whole first micro-batch, falling back where it cannot run.
-
-        A missing double-backward rule shows when the graph is built or at the first product;
-        either way the full route check on a slice then chooses another route. Afterwards the
-        first two columns computed are judged for symmetry (:meth:`_judge_symmetry`).
-        """
-        gradient: Params = {}
-        try:
-            with WatchAttention() as watch:
-                apply, graph_bytes = build(
-                    self.kind, REVERSE, mb, chunk_size=self.chunk_size, gradient=gradient
-                )
-        except MISSING_RULE as exc:
-            if is_out_of_memory(exc):
-                raise
-            return self._fall_back(index, mb)
-        self.route = self_checked_reverse(self.method, watch.attention)
-        self._symmetry = FirstColumns()
-        if gradient and self.num_micro_batches == 1:
-            self._gradient = gradient
-
-        def first_use(block: Params) -> Params:
-            if self._proven:
-                return apply(block)
-            try:
-                product = apply(block)
-            except MISSING_RULE as exc:
-                if is_out_of_memory(exc):
-                    raise
-                self.release()
-                return self._fall_back(index, mb)(block)
-            self._proven = True
-            return product
-
-        self._maybe_cache(index, first_use, graph_bytes)
-        return first_use
-
-    def _fall_back(self, index: int, mb: MicroBatchLoss) -> Apply:
-        """The route the full check on a slice chooses, built on micro-batch ``index``."""
-        self._symmetry = None
-        self.route = self._choose_route(mb)
-        apply, graph_bytes = build(self.kind, self.route.route, mb, chunk_size=self.chunk_size)
-        self._maybe_cache(index, apply, graph_bytes)
-        return apply
-
-    def _judge_symmetry(
-        self, requests: list[tuple[Block | None, torch.Tensor]], totals: list[torch.Tensor]
-    ) -> None:
-        """Feed a pass's columns to the pending symmetry check; refuse an asymmetric result."""
-        assert self._symmetry is not None
-        assert self.route is not None
-        for (block, columns), total in zip(requests, totals, strict=True):
-            self._symmetry.feed(block, columns, total)
-        defect = self._symmetry.judge()
-        if defect is None:
-            return
-        if too_large(defect, self.dtype):
-            raise asymmetry_error(self.kind, REVERSE, defect, "between the first two columns")
-        self.route = judged_reverse(self.route, defect)
-
-    def _choose_route(self, mb: MicroBatchLoss) -> RouteReport:
-        """The route by rule, checked on a slice of the first micro-batch; rank 0's for all."""
-        if not self.verify:
-            route = METHODS[self.method]
-            assert route is not None
-            return RouteReport(route, self.method, "as requested, unchecked")
-        report = select_route(self.kind, self.method, mb)
-        self.counters.check_products += report.check_products
-        agreed = self.group.agree(report.route)
-        if agreed == report.route:
-            return report
-        try:  # every rank computes with rank 0's route
-            build(self.kind, agreed, check_slice(mb), chunk_size=self.chunk_size)
-        except (RuntimeError, NotImplementedError) as exc:
-            raise DifferentiationError(
-                f"rank {self.group.rank} cannot use {agreed}, which rank 0 chose: "
-                f"{_first_line(exc)}",
-                "pass --hvp-method with a route every rank can run",
-            ) from exc
-        return RouteReport(agreed, report.requested, f"rank 0's choice: {report.reason}")
-
-    def _maybe_cache(self, index: int, apply: Apply, graph_bytes: int) -> None:
-        """Keep a reverse-route closure (it holds the micro-batch's gradient graph) in budget.
-
-        With a single micro-batch the graph is free to keep: the plan of a pass already counts
-        it alive (:data:`~.memory.REVERSE_ACTIVATIONS_PER_SAMPLE`), and no other micro-batch's
-        graph will join it. Keeping it saves every later pass its forward and first backward.
-        """
-        if self.route is None or self.route.route != REVERSE:
-            return
-        alone = self.num_micro_batches == 1 and not self._cache
-        if alone or self.graph_bytes + graph_bytes <= self.cache_bytes:
-            self._cache[index] = apply
-            self.graph_bytes += graph_bytes
-
-
-def _default_cache_bytes(device: torch.device) -> int:
-    """A quarter of the total memory of ``device`` (a plan lowers it to what it leaves free)."""
-    return total_bytes(device) // 4
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
+        self._budget.free(size)

@@ -1,54 +1,34 @@
-"""Choosing, and checking, the differentiation route on a slice of the first micro-batch.
+"""The differentiation routes: their names, the report of which one runs, and building it.
 
-Forward-mode rules are missing for some operators and silently wrong for others (``layer_norm``
-in some compositions, pytorch #196700), while double backward is missing for some fused kernels
-and silently incomplete behind a ``once_differentiable`` backward. The route is chosen by a rule,
-never by timing, so the same inputs always take the same route and give the same bits:
-
-- ``auto`` uses **reverse-over-reverse** (double backward), which has no forward-mode rules to
-  get wrong. Only when the model has no double-backward rule does it fall back to
-  forward-over-reverse, checked against central finite differences of first derivatives, and
-  then to finite differences themselves.
-- ``forward`` is checked against double backward (finite differences referee a disagreement);
-  ``reverse`` and ``fd`` are used as asked.
-
-Every check runs on the first :data:`CHECK_SAMPLES` samples of the first micro-batch, with two
-random probe columns, and only on the routes that can be used; the chosen route's probe
-products must be symmetric (uᵀCv = vᵀCu), which catches what no agreement can: a
-``once_differentiable`` backward that silently drops second derivatives. The outcome is
-reported, so no number is silently wrong.
+A route is how a curvature-vector product is differentiated: double backward
+(reverse-over-reverse), forward-over-reverse, or central finite differences of the gradient.
+This module names them, builds a micro-batch's product closure by one of them, and writes the
+:class:`RouteReport` that says which route computes the products and why, including the report
+of double backward checked by its own first products (the default on one process). Choosing
+a route by checking it on a slice of the first micro-batch is :mod:`.route_check`'s; the slice
+itself is defined here, because the operator's determinism check runs on it too.
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 
 import torch
 from torch.nn.functional import scaled_dot_product_attention
 from torch.overrides import TorchFunctionMode
 
-from hesscli.engine.device import synchronize
 from hesscli.engine.functional import Params
-from hesscli.engine.memory import SavedBytes, is_out_of_memory
+from hesscli.engine.memory import SavedBytes
 from hesscli.engine.products import (
     Apply,
     MicroBatchLoss,
     finite_difference,
-    ggn_fd,
     ggn_forward,
     ggn_reverse,
-    hessian_fd,
     hessian_forward,
     hessian_reverse,
 )
-from hesscli.engine.symmetry import (
-    agreement_tolerance,
-    asymmetry_error,
-    symmetry_defect,
-    too_large,
-)
-from hesscli.errors import DifferentiationError, NumericalError
+from hesscli.engine.symmetry import agreement_tolerance
 
 FORWARD = "forward-over-reverse"
 REVERSE = "reverse-over-reverse"
@@ -78,7 +58,7 @@ class RouteReport:
             routes disagreed or only one could run.
         seconds: Time each route took on the check slice (for the record; never a criterion).
         symmetry: |uᵀCv − vᵀCu| relative to ‖C‖ for the kept route (see
-            :func:`symmetry_defect`).
+            :func:`~.symmetry.symmetry_defect`).
         check_products: Products on the check slice the check spent.
         error: Estimated relative error of the products: 0 for the exact routes, and for
             finite differences the gap between steps h and 2h on the first micro-batch.
@@ -145,39 +125,6 @@ def relative_difference(a: Params, b: Params) -> tuple[float, str]:
 
 #: Samples of the first micro-batch that the route check runs on.
 CHECK_SAMPLES = 4
-#: Random columns of the symmetry check.
-_PROBES = 2
-
-
-@dataclass
-class _Attempt:
-    route: str
-    product: Params | None = None
-    seconds: float = 0.0
-    error: str = ""
-
-
-def _attempt(kind: str, route: str, mb: MicroBatchLoss, probe: Params) -> _Attempt:
-    """The route's products of ``probe`` on ``mb``, or the first line of why it cannot run."""
-    start = time.perf_counter()
-    try:  # one column per vmap call: the check must not need more memory than the products
-        apply, _ = build(kind, route, mb, chunk_size=1)
-        product = apply(probe)
-    except MISSING_RULE as exc:
-        if is_out_of_memory(exc):  # the operator retries smaller; not a missing rule
-            raise
-        return _Attempt(route, error=_first_line(exc))
-    synchronize(next(iter(probe.values())).device)  # the kernels are done before the timer
-    return _Attempt(route, product, time.perf_counter() - start)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
-
-
-def _first_column(block: Params) -> Params:
-    return {n: t[0] for n, t in block.items()}
 
 
 def check_slice(mb: MicroBatchLoss) -> MicroBatchLoss:
@@ -195,54 +142,8 @@ def check_slice(mb: MicroBatchLoss) -> MicroBatchLoss:
     return part if finite else mb
 
 
-def select_route(
-    kind: str, requested: str, mb: MicroBatchLoss, *, chunk_size: int | None = None
-) -> RouteReport:
-    """Choose the route by rule and check it on a slice of ``mb`` (see the module docstring).
-
-    Raises:
-        DifferentiationError: when no route can differentiate the model twice, or the route the
-            user forced cannot.
-        NumericalError: when the forced route is the wrong one, or the curvature the chosen
-            route gives is not symmetric.
-    """
-    del chunk_size  # the check runs one column at a time
-    forced = METHODS[requested]
-    sliced = check_slice(mb)
-    probe = _probes(sliced.variables)
-    attention = MATH_ATTENTION if uses_attention(sliced) else ""
-    if forced == FINITE:
-        return _finite_route(kind, requested, sliced, probe, "as requested", attention)
-    if forced == FORWARD:
-        return _checked_forward(kind, requested, sliced, probe, attention)
-    reverse = _attempt(kind, REVERSE, sliced, probe)
-    if reverse.error:
-        if forced == REVERSE:
-            raise DifferentiationError(
-                f"--hvp-method reverse is unavailable for this model: {reverse.error}",
-                "use --hvp-method auto (it falls back to the route that works)",
-            )
-        forward = _attempt(kind, FORWARD, sliced, probe)
-        if forward.error:
-            failures = f"{REVERSE} failed with {reverse.error!r}; {FORWARD} failed with " + repr(
-                forward.error
-            )
-            return _finite_route(kind, requested, sliced, probe, failures, attention)
-        return _forward_fallback(kind, requested, sliced, probe, forward, reverse, attention)
-    return _report(
-        kind,
-        reverse,
-        requested,
-        _reverse_reason(requested) + _checked_on(sliced),
-        probe,
-        attention,
-        1,
-        {},
-        None,
-    )
-
-
-def _reverse_reason(requested: str) -> str:
+def reverse_reason(requested: str) -> str:
+    """Why double backward was kept, before any evidence: asked for, or the default."""
     if METHODS[requested] == REVERSE:
         return "as requested"
     return "the default route: double backward has no forward-mode rules to get wrong"
@@ -257,7 +158,7 @@ def self_checked_reverse(requested: str, attention: bool) -> RouteReport:
     return RouteReport(
         REVERSE,
         requested,
-        _reverse_reason(requested) + "; symmetry not judged yet (no two columns computed)",
+        reverse_reason(requested) + "; symmetry not judged yet (no two columns computed)",
         attention=MATH_ATTENTION if attention else "",
     )
 
@@ -265,199 +166,10 @@ def self_checked_reverse(requested: str, attention: bool) -> RouteReport:
 def judged_reverse(report: RouteReport, defect: float) -> RouteReport:
     """``report`` once the first two columns computed passed the symmetry check."""
     reason = (
-        f"{_reverse_reason(report.requested)}; symmetric to {defect:.1e} on the first two "
+        f"{reverse_reason(report.requested)}; symmetric to {defect:.1e} on the first two "
         "columns computed (no extra product)"
     )
     return replace(report, reason=reason, symmetry=defect)
-
-
-def _checked_on(mb: MicroBatchLoss) -> str:
-    return f"; checked on {mb.batch.size} samples of the first micro-batch"
-
-
-def _report(
-    kind: str,
-    chosen: _Attempt,
-    requested: str,
-    reason: str,
-    probe: Params,
-    attention: str,
-    attempts: int,
-    referee: dict[str, float],
-    difference: float | None,
-) -> RouteReport:
-    """The report for ``chosen``, once its probe products pass the symmetry check."""
-    assert chosen.product is not None
-    # NaN/Inf curvature is not judged here: the operator says where the products blow up.
-    symmetry = symmetry_defect(probe, chosen.product) if _finite(chosen.product) else 0.0
-    if too_large(symmetry, _dtype(probe)):
-        raise asymmetry_error(kind, chosen.route, symmetry, "on the first micro-batch")
-    return RouteReport(
-        chosen.route,
-        requested,
-        reason,
-        difference,
-        referee,
-        {chosen.route: chosen.seconds},
-        symmetry,
-        attempts * _PROBES,
-        attention=attention,
-    )
-
-
-def _checked_forward(
-    kind: str, requested: str, mb: MicroBatchLoss, probe: Params, attention: str
-) -> RouteReport:
-    """Forward-over-reverse as asked, checked against double backward on the slice."""
-    forward = _attempt(kind, FORWARD, mb, probe)
-    if forward.error:
-        raise DifferentiationError(
-            f"--hvp-method forward is unavailable for this model: {forward.error}",
-            "use --hvp-method auto (it falls back to the route that works)",
-        )
-    reverse = _attempt(kind, REVERSE, mb, probe)
-    if reverse.error:
-        return _forward_fallback(kind, requested, mb, probe, forward, reverse, attention)
-    assert forward.product is not None
-    assert reverse.product is not None
-    if not (_finite(forward.product) and _finite(reverse.product)):
-        return _report(kind, forward, requested, "as requested", probe, attention, 2, {}, None)
-    difference, where = relative_difference(forward.product, reverse.product)
-    if difference <= agreement_tolerance(_dtype(probe)):
-        reason = f"as requested; it agrees with double backward to {difference:.1e}"
-        return _report(
-            kind, forward, requested, reason + _checked_on(mb), probe, attention, 2, {}, difference
-        )
-    referee = _referee(kind, mb, probe, [forward, reverse])
-    if referee[FORWARD] > referee[REVERSE]:
-        raise NumericalError(
-            f"{FORWARD} products are wrong for this model: they differ from {REVERSE} by "
-            f"{difference:.1e} (worst in {where}) and from finite differences by "
-            f"{referee[FORWARD]:.1e}",
-            f"use --hvp-method auto (it uses {REVERSE})",
-        )
-    reason = (
-        f"as requested; it differs from double backward by {difference:.1e} (worst in "
-        f"{where}), and finite differences side with it ({referee[FORWARD]:.1e} vs "
-        f"{referee[REVERSE]:.1e})"
-    )
-    return _report(kind, forward, requested, reason, probe, attention, 3, referee, difference)
-
-
-def _forward_fallback(
-    kind: str,
-    requested: str,
-    mb: MicroBatchLoss,
-    probe: Params,
-    forward: _Attempt,
-    reverse: _Attempt,
-    attention: str,
-) -> RouteReport:
-    """Forward-over-reverse where double backward cannot run, refereed by finite differences.
-
-    Finite differences carry their own error (estimated from steps h and 2h); forward-mode
-    products further from them than ten times that are refused.
-    """
-    referee = _referee(kind, mb, probe, [forward])
-    error = _fd_error(kind, mb, probe)
-    bound = 10 * max(error, agreement_tolerance(_dtype(probe)))
-    if referee[FORWARD] > bound:
-        raise NumericalError(
-            f"{FORWARD} products differ from finite differences by {referee[FORWARD]:.1e} "
-            f"(their own error is about {error:.1e}), and double backward is unavailable "
-            f"({reverse.error})",
-            "use --hvp-method fd with --dtype float64",
-        )
-    reason = (
-        f"{REVERSE} is unavailable ({reverse.error}); forward-mode products agree with finite "
-        f"differences to {referee[FORWARD]:.1e}"
-    )
-    return _report(
-        kind, forward, requested, reason + _checked_on(mb), probe, attention, 3, referee, None
-    )
-
-
-def _referee(
-    kind: str, mb: MicroBatchLoss, block: Params, attempts: list[_Attempt]
-) -> dict[str, float]:
-    """Each route's worst relative error on the first column against finite differences."""
-    reference = (hessian_fd if kind == "hessian" else ggn_fd)(mb, _first_column(block))
-    return {
-        a.route: relative_difference(_first_column(a.product), reference)[0]
-        for a in attempts
-        if a.product is not None
-    }
-
-
-def _fd_error(kind: str, mb: MicroBatchLoss, block: Params) -> float:
-    """The gap between central differences at steps h and 2h: about their error at h."""
-    single = hessian_fd if kind == "hessian" else ggn_fd
-    column = _first_column(block)
-    return _overall_gap(single(mb, column, scale=2.0), single(mb, column))
-
-
-def _finite_route(
-    kind: str,
-    requested: str,
-    mb: MicroBatchLoss,
-    probe: Params,
-    why: str,
-    attention: str,
-) -> RouteReport:
-    """Central differences of the gradient, with their error estimated from two step sizes.
-
-    Truncation error grows as h² and round-off as 1/h, so the gap between the products at h
-    and 2h is of the size of the error at h (an estimate, reported as such).
-    """
-    apply, _ = build(kind, FINITE, mb, chunk_size=None)
-    try:
-        product = apply(probe)
-        column = _first_column(probe)
-        coarse = (hessian_fd if kind == "hessian" else ggn_fd)(mb, column, scale=2.0)
-    except MISSING_RULE as exc:
-        if is_out_of_memory(exc):
-            raise
-        raise DifferentiationError(
-            f"the model cannot be differentiated: {why}; finite differences failed with "
-            f"{_first_line(exc)!r}",
-            "replace the operator named in the message (e.g. a fused kernel) by a plain "
-            "PyTorch one",
-        ) from exc
-    error = _overall_gap(coarse, _first_column(product))
-    symmetry = symmetry_defect(probe, product)
-    if too_large(symmetry, _dtype(probe), error):
-        raise NumericalError(
-            f"the finite-difference {kind} is not symmetric (defect {symmetry:.1e}, estimated "
-            f"error {error:.1e}): the loss is not smooth enough at these weights",
-            "use --dtype float64, or make the model differentiable twice",
-        )
-    reason = (
-        "finite differences of the gradient"
-        + ("" if why == "as requested" else f", as the last resort: {why}")
-        + f"; estimated relative error {error:.1e} (steps h and 2h on the first micro-batch)"
-        + _checked_on(mb)
-    )
-    report = RouteReport(
-        FINITE,
-        requested,
-        reason,
-        symmetry=symmetry,
-        check_products=_PROBES + 1,
-        error=error,
-        attention=attention,
-    )
-    return report
-
-
-def _overall_gap(a: Params, b: Params) -> float:
-    """‖a − b‖/‖b‖ over all parameters together: the error a whole product carries.
-
-    Not per parameter (as the route check is): in float32 a small block whose entries are
-    round-off can differ by 100 % without moving eigenvalues or traces.
-    """
-    gap = sum(float((a[n] - b[n]).double().square().sum()) for n in b) ** 0.5
-    scale = sum(float(b[n].double().square().sum()) for n in b) ** 0.5
-    return gap / scale if scale > 0 else 0.0
 
 
 class WatchAttention(TorchFunctionMode):
@@ -480,24 +192,3 @@ def uses_attention(mb: MicroBatchLoss) -> bool:
     with torch.no_grad(), WatchAttention() as watch:
         mb.loss(mb.variables)
     return watch.attention
-
-
-def _probes(variables: Params) -> Params:
-    """``_PROBES`` fixed pseudo-random columns (seed 0, drawn on the CPU in the working dtype).
-
-    Random vectors, because structured ones such as identity columns can miss an asymmetry
-    entirely; drawn on the CPU so that the check is the same on every device.
-    """
-    generator = torch.Generator().manual_seed(0)
-    return {
-        n: torch.randn((_PROBES, *t.shape), generator=generator, dtype=t.dtype).to(t.device)
-        for n, t in variables.items()
-    }
-
-
-def _finite(product: Params) -> bool:
-    return all(bool(torch.isfinite(t).all()) for t in product.values())
-
-
-def _dtype(block: Params) -> torch.dtype:
-    return next(iter(block.values())).dtype
