@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hesscli.batches import Batch, Dataset
-from hesscli.engine import diagonal, output_curvature
+from hesscli.engine import layer_outputs as diagonal
+from hesscli.engine import output_curvature
 from hesscli.engine.diagonal import GAUSS_NEWTON, OUTPUT_SPACE, exact_diagonal
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.engine.output_curvature import IGNORE_INDEX, output_hessian_of
