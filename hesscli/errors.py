@@ -92,3 +92,12 @@ class PeerFailedError(DistributedError):
 
     Its peer printed the reason; this process only says that it stops because of it.
     """
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), else its type.
+
+    For quoting a library's or the user's exception inside a one-line error.
+    """
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -40,6 +40,7 @@ _ENGINE_STAGES = {
     "hesscli.engine.diagonal": "the exact diagonal",
     "hesscli.engine.gradient": "the gradient",
     "hesscli.engine.routes": "the differentiation-route check",
+    "hesscli.engine.route_check": "the differentiation-route check",
     "hesscli.engine.memory": "the memory measurement",
     "hesscli.engine.output_curvature": "the output-space curvature",
     "hesscli.engine.operator": "the curvature products",

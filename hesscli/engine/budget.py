@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from hesscli.batches import Dataset
-from hesscli.engine.closures import first_line
 from hesscli.engine.functional import math_attention, micro_batches
 from hesscli.engine.memory import (
     MemoryPlan,
@@ -29,7 +28,7 @@ from hesscli.engine.memory import (
 )
 from hesscli.engine.products import MicroBatchLoss
 from hesscli.engine.routes import FORWARD, METHODS
-from hesscli.errors import MemoryLimitError
+from hesscli.errors import MemoryLimitError, first_line
 
 if TYPE_CHECKING:
     from hesscli.engine.operator import CurvatureOperator

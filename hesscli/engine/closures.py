@@ -35,7 +35,7 @@ from hesscli.engine.routes import (
     self_checked_reverse,
 )
 from hesscli.engine.symmetry import FirstColumns, asymmetry_error, too_large
-from hesscli.errors import DifferentiationError
+from hesscli.errors import DifferentiationError, first_line
 
 if TYPE_CHECKING:
     from hesscli.engine.operator import CurvatureOperator
@@ -233,9 +233,3 @@ class Closures:
         if alone or op.graph_bytes + graph_bytes <= op.cache_bytes:
             self.cache[index] = apply
             op.graph_bytes += graph_bytes
-
-
-def first_line(exc: BaseException) -> str:
-    """The first line of an exception's message (at most 200 characters), for a one-line error."""
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__

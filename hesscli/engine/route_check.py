@@ -55,7 +55,7 @@ from hesscli.engine.symmetry import (
     symmetry_defect,
     too_large,
 )
-from hesscli.errors import DifferentiationError, NumericalError
+from hesscli.errors import DifferentiationError, NumericalError, first_line
 
 #: Random columns of the symmetry check.
 _PROBES = 2
@@ -78,14 +78,9 @@ def _attempt(kind: str, route: str, mb: MicroBatchLoss, probe: Params) -> _Attem
     except MISSING_RULE as exc:
         if is_out_of_memory(exc):  # the operator retries smaller; not a missing rule
             raise
-        return _Attempt(route, error=_first_line(exc))
+        return _Attempt(route, error=first_line(exc, limit=300))
     synchronize(next(iter(probe.values())).device)  # the kernels are done before the timer
     return _Attempt(route, product, time.perf_counter() - start)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def _first_column(block: Params) -> Params:
@@ -287,7 +282,7 @@ def _finite_route(
             raise
         raise DifferentiationError(
             f"the model cannot be differentiated: {why}; finite differences failed with "
-            f"{_first_line(exc)!r}",
+            f"{first_line(exc, limit=300)!r}",
             "replace the operator named in the message (e.g. a fused kernel) by a plain "
             "PyTorch one",
         ) from exc

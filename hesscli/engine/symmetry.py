@@ -8,7 +8,7 @@ torch silently drops its second derivative; the asymmetry of the result does.
 Two ways to run it:
 
 - :func:`symmetry_defect` on two random probe columns and their products (the route check on a
-  slice of the first micro-batch, :mod:`.routes`);
+  slice of the first micro-batch, :mod:`.route_check`);
 - :class:`FirstColumns` on the first two columns the operator computes anyway, so that the
   default route costs no product beyond those the algorithm asked for. Lanczos' first two
   vectors make a strong pair: uᵀCv is of the size of ‖Cu‖, not a random projection of it.
