@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hesscli.batches import Batch, Dataset
-from hesscli.engine import layer_outputs as diagonal
-from hesscli.engine import output_curvature
+from hesscli.engine import layer_outputs, output_curvature
 from hesscli.engine.diagonal import GAUSS_NEWTON, OUTPUT_SPACE, exact_diagonal
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.engine.output_curvature import IGNORE_INDEX, output_hessian_of
@@ -200,7 +199,7 @@ def no_differentiated_output_hessians(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_args: object) -> torch.Tensor:
         pytest.fail("the output Hessian was differentiated, not taken from the closed form")
 
-    monkeypatch.setattr(diagonal, "_differentiated_output_hessians", refuse)
+    monkeypatch.setattr(layer_outputs, "_differentiated_output_hessians", refuse)
 
 
 def _relu_mlp(seed: int = 0) -> nn.Module:
@@ -302,13 +301,13 @@ def _log_cosh(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def test_a_custom_loss_is_differentiated_instead(monkeypatch: pytest.MonkeyPatch) -> None:
     calls = []
-    original = diagonal._differentiated_output_hessians
+    original = layer_outputs._differentiated_output_hessians
 
     def spy(*args: object) -> torch.Tensor:
         calls.append(1)
         return original(*args)
 
-    monkeypatch.setattr(diagonal, "_differentiated_output_hessians", spy)
+    monkeypatch.setattr(layer_outputs, "_differentiated_output_hessians", spy)
     model = _relu_mlp(1).double().eval()
     x, y = _x(8, 6, seed=50), _x(8, 4, seed=51)
     op = _operator(model, x, y, _log_cosh, micro_batch=8)
