@@ -420,3 +420,27 @@ if __name__ == "__main__" and sys.argv[1:] == ["--write"]:
         replay = Shell(root)
         for page in PAGES:
             rewrite(page, replay)
+
+
+def _layout_paths(text: str) -> set[str]:
+    """The module paths of the tree in docs/development.md's layout block."""
+    block = text.split("\nLayout (", 1)[1].split("```\n", 2)[1]
+    paths: set[str] = set()
+    folders: list[str] = []
+    for line in block.splitlines():
+        name = re.split(r"\s{2}", re.sub(r"^[│├└─\s]*", "", line), maxsplit=1)[0]
+        depth = (len(line) - len(line.lstrip("│├└─ "))) // 4
+        del folders[depth:]
+        if name.endswith("/"):
+            folders.append(name)
+            paths.add("".join(folders) + "__init__.py")
+        else:
+            paths.add("".join(folders) + name)
+    return paths
+
+
+def test_development_layout_lists_every_module() -> None:
+    listed = _layout_paths((REPO / "docs" / "development.md").read_text())
+    modules = {str(p.relative_to(REPO)) for p in (REPO / "hesscli").rglob("*.py")}
+    assert sorted(modules - listed) == [], "modules missing from the layout"
+    assert sorted(listed - modules) == [], "the layout lists modules that are gone"
