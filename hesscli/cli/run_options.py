@@ -1,10 +1,11 @@
 """The options every run command shares, spliced into each command's signature once.
 
 typer reads a command's options from its signature. Eight commands take the same 29 options
-(checkpoint, model, data, loss, computation, config and output), in the same order; rather
-than list them eight times, a command declares one parameter ``run: RunOptions`` and
-:func:`with_run_options` puts the shared options in its place, so ``--help`` lists them exactly
-as if they were written out. The command then reads them from ``run``.
+(checkpoint, model, data, loss, computation, config and output) in the same order, and
+``convert`` a part of them; rather than list them nine times, a command declares one parameter
+``run: RunOptions`` and :func:`with_run_options` puts the shared options (less those it leaves
+out) in its place, so ``--help`` lists them exactly as if they were written out. The command
+then reads them from ``run``.
 """
 
 from __future__ import annotations
@@ -63,6 +64,23 @@ def _shared(
 
 #: The shared options as signature parameters, annotations resolved.
 SHARED = inspect.signature(_shared, eval_str=True).parameters
+#: The options that only a run over the data uses (what it selects and how it computes);
+#: ``convert``, which loads and checks but computes nothing, leaves them out.
+RUN_ONLY = (
+    "max_samples",
+    "micro_batch",
+    "layer",
+    "curvature",
+    "hvp_method",
+    "device",
+    "dtype",
+    "allow_tf32",
+    "seed",
+    "train_mode",
+    "distributed",
+    "max_memory",
+    "normalisation",
+)
 
 
 @dataclass(frozen=True)

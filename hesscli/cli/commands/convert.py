@@ -8,9 +8,8 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from hesscli.cli import options as opt
-from hesscli.cli.data_options import LabelField, MaxLength, TextField
 from hesscli.cli.output import emit, stderr_console
+from hesscli.cli.run_options import RUN_ONLY, RunOptions, with_run_options
 from hesscli.results import ConvertResults, Report
 from hesscli.runs.convert import run_convert
 from hesscli.runs.files import refuse_to_overwrite
@@ -26,23 +25,10 @@ Destination = Annotated[
 ]
 
 
+@with_run_options(leave_out=(*RUN_ONLY, "output"))
 def convert(
-    checkpoint: opt.Checkpoint = None,
+    run: RunOptions,
     output: Destination = ...,  # type: ignore[assignment]
-    model: opt.Model = None,
-    model_kwargs: opt.ModelKwargs = None,
-    data: opt.Data = None,
-    text_field: TextField = None,
-    label_field: LabelField = None,
-    max_length: MaxLength = None,
-    loss: opt.Loss = None,
-    output_key: opt.OutputKey = None,
-    trust_pickle: opt.TrustPickle = False,
-    strict: opt.Strict = None,
-    checkpoint_prefix: opt.CheckpointPrefix = None,
-    config: opt.Config = None,
-    no_config: opt.NoConfig = False,
-    json: opt.Json = False,
 ) -> None:
     """Write CHECKPOINT as a .safetensors that remembers its model, data and loss.
 
@@ -50,9 +36,9 @@ def convert(
     loaded and checked first; paths are stored relative to OUTPUT's folder. CHECKPOINT itself
     is never modified.
     """
-    refuse_to_overwrite(output, [checkpoint, data, model, config])
-    report = run_convert(opt.request_from(locals()), output=output)
-    emit(report, as_json=json, output=None, table=_summary)
+    refuse_to_overwrite(output, run.named_inputs())
+    report = run_convert(run.request(locals()), output=output)
+    emit(report, as_json=run.json, output=None, table=_summary)
     results = report.results
     assert isinstance(results, ConvertResults)
     for key, reason in results.not_stored.items():
