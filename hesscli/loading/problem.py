@@ -16,7 +16,7 @@ from torch import nn
 
 from hesscli.batches import Dataset, apply_model, input_tensors
 from hesscli.errors import CheckpointError, ConfigError, DataError, ModelSpecError
-from hesscli.loading import huggingface, outputs
+from hesscli.loading import hf_weights, huggingface, outputs
 from hesscli.loading.checkpoint import (
     RawCheckpoint,
     check_finite_state,
@@ -242,7 +242,7 @@ def load_problem(settings: dict[str, Sourced], *, trust_pickle: bool = False) ->
             pretrained, raw = _pretrained(path, settings)
             model, label = pretrained.model, pretrained.label
         else:  # the user's own module, with the folder's weights
-            raw = huggingface.read_folder_weights(path)
+            raw = hf_weights.read_folder_weights(path)
             model, label = _build(settings, raw)
     else:
         if path.is_dir():
@@ -306,7 +306,7 @@ def _pretrained(
     if isinstance(spec, str) and spec.startswith("transformers:"):
         architecture = spec.partition(":")[2]
     pretrained = huggingface.build_pretrained(folder, architecture=architecture)
-    raw = huggingface.leave_out_obsolete(pretrained.weights, pretrained.model, pretrained.ignorable)
+    raw = hf_weights.leave_out_obsolete(pretrained.weights, pretrained.model, pretrained.ignorable)
     return pretrained, raw
 
 
