@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from hesscli.engine import memory
+from hesscli.engine import device_memory as memory
 
 ARGS = ("report", "model.safetensors", "--json", "--seed", "3", "--dtype", "float32")
 

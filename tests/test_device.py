@@ -24,7 +24,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import hesscli
 from hesscli.algorithms.sketch import rademacher
-from hesscli.engine import distributed, memory
+from hesscli.engine import device_memory as memory
+from hesscli.engine import distributed
 from hesscli.engine.device import resolve_device, resolve_dtype
 from hesscli.engine.distributed import placement
 from hesscli.engine.precision import backend_settings, float32_precision

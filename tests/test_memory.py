@@ -22,17 +22,14 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from hesscli.batches import Batch, Dataset
-from hesscli.engine import memory
-from hesscli.engine.memory import (
-    SavedBytes,
+from hesscli.engine import device_memory as memory
+from hesscli.engine.device_memory import (
     automatic_budget,
     format_size,
     is_out_of_memory,
     parse_size,
-    peak_estimate,
-    plan_memory,
-    sample_bytes,
 )
+from hesscli.engine.memory import SavedBytes, peak_estimate, plan_memory, sample_bytes
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.engine.products import MicroBatchLoss
 from hesscli.errors import ConfigError, MemoryLimitError

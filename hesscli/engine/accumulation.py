@@ -18,10 +18,10 @@ import torch
 
 from hesscli.engine.closures import Closures
 from hesscli.engine.device import synchronize
+from hesscli.engine.device_memory import is_out_of_memory
 from hesscli.engine.functional import Params, math_attention, micro_batches
 from hesscli.engine.heap import HeapTrimmer
 from hesscli.engine.layout import Block, Layout
-from hesscli.engine.memory import is_out_of_memory
 from hesscli.engine.precision import float32_precision
 from hesscli.engine.products import Apply
 from hesscli.errors import NumericalError

@@ -17,15 +17,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from hesscli.batches import Dataset
+from hesscli.engine.device_memory import check_free, format_size, release_cached, total_bytes
 from hesscli.engine.functional import math_attention, micro_batches
-from hesscli.engine.memory import (
-    MemoryPlan,
-    check_free,
-    format_size,
-    plan_memory,
-    release_cached,
-    total_bytes,
-)
+from hesscli.engine.memory import MemoryPlan, plan_memory
 from hesscli.engine.products import MicroBatchLoss
 from hesscli.engine.routes import FORWARD, METHODS
 from hesscli.errors import MemoryLimitError, first_line

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from hesscli.engine.determinism import check_modules, check_repeatable
+from hesscli.engine.device_memory import is_out_of_memory
 from hesscli.engine.functional import Params, math_attention, micro_batches
 from hesscli.engine.layout import Block
-from hesscli.engine.memory import is_out_of_memory
 from hesscli.engine.precision import float32_precision
 from hesscli.engine.products import Apply, MicroBatchLoss
 from hesscli.engine.route_check import select_route

@@ -20,8 +20,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from hesscli.engine.device_memory import is_out_of_memory
 from hesscli.engine.functional import Params, call_model
-from hesscli.engine.memory import is_out_of_memory
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.engine.output_curvature import output_hessian_of
 from hesscli.engine.products import MicroBatchLoss

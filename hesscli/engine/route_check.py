@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 
 from hesscli.engine.device import synchronize
+from hesscli.engine.device_memory import is_out_of_memory
 from hesscli.engine.functional import Params
-from hesscli.engine.memory import is_out_of_memory
 from hesscli.engine.products import MicroBatchLoss, ggn_fd, hessian_fd
 from hesscli.engine.routes import (
     FINITE,

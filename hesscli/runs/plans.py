@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from hesscli.algorithms.lanczos_memory import lanczos_bytes
-from hesscli.engine.memory import format_size
+from hesscli.engine.device_memory import format_size
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.errors import ConfigError, MemoryLimitError
 

@@ -20,9 +20,9 @@ import torch
 from hesscli.batches import Dataset
 from hesscli.engine.budget import DEFAULT_CHUNK
 from hesscli.engine.device import resolve_device, resolve_dtype
+from hesscli.engine.device_memory import automatic_budget, parse_size
 from hesscli.engine.distributed import Group, join, shard, weighting_for
 from hesscli.engine.functional import DEFAULT_MICRO_BATCH, prepare_model
-from hesscli.engine.memory import automatic_budget, parse_size
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.engine.params import Layer, select_layers
 from hesscli.engine.routes import METHODS

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from hesscli.engine.memory import format_size
+from hesscli.engine.device_memory import format_size
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.results import Plan
 

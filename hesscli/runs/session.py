@@ -11,9 +11,9 @@ orchestration layer, :mod:`hesscli.errors` and :mod:`hesscli.results` only
 
 from __future__ import annotations
 
+from hesscli.engine.device_memory import is_out_of_memory
 from hesscli.engine.distributed import launched, leave
 from hesscli.engine.functional import current_micro_batch
-from hesscli.engine.memory import is_out_of_memory
 from hesscli.engine.precision import float32_precision
 from hesscli.loading.imports import user_code_role
 
