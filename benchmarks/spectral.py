@@ -47,7 +47,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from hesscli.algorithms.diagonal import exact_diagonal as diagonal_from_columns
-from hesscli.algorithms.eigen import Extremes, extreme_eigenvalues
+from hesscli.algorithms.eigen import extreme_eigenvalues
+from hesscli.algorithms.ritz import Extremes
 from hesscli.algorithms.trace import estimate_trace
 from hesscli.engine.operator import CurvatureOperator
 

@@ -11,6 +11,7 @@ MODULES = [
     "hesscli.algorithms.lanczos",
     "hesscli.algorithms.lanczos_memory",
     "hesscli.algorithms.eigen",
+    "hesscli.algorithms.ritz",
     "hesscli.algorithms.trace",
     "hesscli.engine.operator",
     "hesscli.engine.precision",

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from hesscli.algorithms.density import DensitySearch
-from hesscli.algorithms.eigen import Extremes, ExtremeSearch, extreme_eigenvalues, extremes_of
+from hesscli.algorithms.eigen import ExtremeSearch, extreme_eigenvalues
 from hesscli.algorithms.lanczos import Lanczos
 from hesscli.algorithms.lanczos_memory import basis_within, lanczos_bytes
 from hesscli.algorithms.lanczos_slabs import SLAB
 from hesscli.algorithms.lockstep import Member, advance_together
+from hesscli.algorithms.ritz import Extremes, extremes_of
 from hesscli.algorithms.segments import Segments
 from tests.dense import assert_honest_pairs
 

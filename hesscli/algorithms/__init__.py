@@ -4,7 +4,8 @@
 - :mod:`.lanczos`: Lanczos with full reorthogonalisation, one process per block and column;
   its parts: :mod:`.lanczos_slabs` (stored vectors), :mod:`.lanczos_orthogonal` (the next
   vector), :mod:`.lanczos_projected` (the small matrix T), :mod:`.lanczos_memory` (its bytes).
-- :mod:`.eigen`: extreme (top / most negative) eigenvalues with honest residuals.
+- :mod:`.eigen`: extreme (top / most negative) eigenvalues with honest residuals;
+  :mod:`.ritz` reads Ritz pairs as eigenvalues (residuals, errors, convergence).
 - :mod:`.lockstep`: several Lanczos searches advanced together, sharing each data pass.
 - :mod:`.density`: the eigenvalue density by stochastic Lanczos quadrature.
 - :mod:`.sketch`: deflated random probing, the core of Hutch++ and Diag++.

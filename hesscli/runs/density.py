@@ -20,8 +20,8 @@ from hesscli.algorithms.density import (
     smoothed,
     span,
 )
-from hesscli.algorithms.eigen import eigenvalue_errors, extremes_of
 from hesscli.algorithms.lockstep import Member, advance_together
+from hesscli.algorithms.ritz import eigenvalue_errors, extremes_of
 from hesscli.algorithms.trace import t_quantile_975
 from hesscli.errors import ConfigError
 from hesscli.results import Density, DensityResults, Eigenvalue, Mass, Report, Trace

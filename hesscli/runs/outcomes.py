@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from hesscli.algorithms.eigen import Eigenpair
+from hesscli.algorithms.ritz import Eigenpair
 from hesscli.algorithms.trace import TraceEstimate
 from hesscli.engine.operator import CurvatureOperator
 from hesscli.results import Cost, Eigenvalue, Engine, Trace

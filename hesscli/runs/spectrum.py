@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 
-from hesscli.algorithms.eigen import Extremes, extreme_eigenvalues
+from hesscli.algorithms.eigen import extreme_eigenvalues
+from hesscli.algorithms.ritz import Extremes
 from hesscli.errors import ConfigError
 from hesscli.results import Report, Spectrum, SpectrumResults
 from hesscli.runs.envelope import report_for
