@@ -50,6 +50,9 @@ _LOADING_STAGES = {
     "hesscli.loading.problem": "loading (the first samples through the model)",
     "hesscli.loading.model_spec": "loading (building the model)",
     "hesscli.loading.checkpoint": "loading (reading the checkpoint)",
+    "hesscli.loading.torch_pickle": "loading (reading the checkpoint)",
+    "hesscli.loading.keys": "loading (reading the checkpoint)",
+    "hesscli.loading.hf_weights": "loading (reading the checkpoint)",
     "hesscli.loading.data": "loading (reading the data)",
     # apply_model, which loading's probes call the forward through, moved here from data
     "hesscli.batches": "loading (reading the data)",
