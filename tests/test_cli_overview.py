@@ -32,7 +32,7 @@ from hesscli.cli.commands import check as check_command
 from hesscli.cli.commands import compare as compare_command
 from hesscli.cli.commands import density as density_command
 from hesscli.cli.commands import report as report_command
-from hesscli.cli.commands._overview import NO_MATPLOTLIB
+from hesscli.cli.plan_and_plot import NO_MATPLOTLIB
 from hesscli.cli.render import check_tables, density_tables, report_tables
 from hesscli.cli.render.plots import PlotUnavailable, density_plot, trajectory_plot
 from hesscli.results import (

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 import typer
 
 from hesscli.cli import estimation_options as est
-from hesscli.cli.commands._overview import announce_plan
 from hesscli.cli.output import emit
+from hesscli.cli.plan_and_plot import announce_plan
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.check_tables import check_renderable
 from hesscli.cli.run_options import RunOptions, report_settings, with_run_options

@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from hesscli.cli import estimation_options as est
-from hesscli.cli.commands._overview import announce_first_plan, check_plot_target, write_plot
 from hesscli.cli.output import emit
+from hesscli.cli.plan_and_plot import announce_first_plan, check_plot_target, write_plot
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.check_tables import compare_renderable
 from hesscli.cli.render.plots import trajectory_plot

@@ -7,8 +7,8 @@ from typing import Annotated
 import typer
 
 from hesscli.cli import estimation_options as est
-from hesscli.cli.commands._overview import check_plot_target, write_plot
 from hesscli.cli.output import emit
+from hesscli.cli.plan_and_plot import check_plot_target, write_plot
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.density_tables import density_renderable
 from hesscli.cli.render.plots import density_plot

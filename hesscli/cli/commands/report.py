@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from hesscli.cli import estimation_options as est
-from hesscli.cli.commands._overview import announce_plan, check_plot_target, write_plot
 from hesscli.cli.output import emit
+from hesscli.cli.plan_and_plot import announce_plan, check_plot_target, write_plot
 from hesscli.cli.progress import progress_bars
 from hesscli.cli.render.plots import density_plot
 from hesscli.cli.render.report_tables import report_renderable
